@@ -1,0 +1,29 @@
+"""asgiserve: a fast, strict, production ASGI server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from asgiserve._version import __version__
+from asgiserve.config import Config, ConfigError
+from asgiserve.server import Server
+
+__all__ = ["Config", "ConfigError", "Server", "__version__", "run"]
+
+
+def run(app: str | Callable[..., Any], **options: Any) -> None:
+    """Serve ``app`` (an ASGI app or ``"module:attr"``) with the CLI's options as keywords.
+
+    Blocks until the server exits; exits the process with a non-zero status if it could not
+    start.
+    """
+    from asgiserve.logging import configure_logging
+    from asgiserve.server import run_server
+
+    config = Config.from_options(app, **options)
+    configure_logging(config.log_level, access_log=config.access_log)
+    code = run_server(config)
+    if code:
+        sys.exit(code)

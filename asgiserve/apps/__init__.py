@@ -1,0 +1,1 @@
+"""ASGI applications shipped with the server."""

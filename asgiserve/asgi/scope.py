@@ -1,0 +1,76 @@
+"""Building ASGI connection scopes from plain request facts (no wire protocol types here)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from asgiserve.asgi.types import ASGI_VERSION, Scope
+
+__all__ = ["ConnectionInfo", "decode_path", "http_scope"]
+
+
+class ConnectionInfo:
+    """What a scope needs to know about the connection; built once per connection."""
+
+    __slots__ = ("client", "extensions", "root_path", "scheme", "server", "state")
+
+    def __init__(
+        self,
+        *,
+        scheme: str,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        root_path: str,
+        state: dict[str, Any],
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.client = client
+        self.server = server
+        self.root_path = root_path
+        self.state = state
+        self.extensions = extensions or {}
+
+
+def decode_path(raw_path: bytes) -> str:
+    """Percent-decode a request path into text (ASGI: percent escapes and UTF-8 decoded)."""
+    if b"%" not in raw_path:
+        try:
+            return raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            return raw_path.decode("utf-8", "replace")
+    return unquote(raw_path.decode("latin-1"))
+
+
+def http_scope(
+    info: ConnectionInfo,
+    method: str,
+    http_version: str,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> Scope:
+    root_path = info.root_path
+    path = decode_path(raw_path)
+    if root_path:
+        # ASGI: "path" and "raw_path" include the root path the app is mounted at.
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    state = info.state
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": http_version,
+        "method": method,
+        "scheme": info.scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": headers,
+        "client": info.client,
+        "server": info.server,
+        "state": state.copy() if state else {},
+        "extensions": info.extensions.copy() if info.extensions else {},
+    }

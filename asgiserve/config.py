@@ -1,0 +1,196 @@
+"""Server configuration: frozen data, validated on construction, no I/O.
+
+Every option has exactly one default, here. The CLI reads its defaults from :data:`DEFAULTS`,
+and ``asgiserve.run(app, **options)`` takes the same flat option names as the CLI's long flags
+(``timeout_keep_alive=5``); :meth:`Config.from_options` sorts them into the nested groups.
+Loading the app, picking backends or building SSL contexts happens elsewhere
+(:mod:`asgiserve.loading`) and never writes back into a Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["DEFAULTS", "Config", "ConfigError", "Limits", "Timeouts"]
+
+LoopChoice = Literal["auto", "asyncio", "uvloop"]
+HTTPChoice = Literal["auto", "httptools", "h11"]
+LifespanChoice = Literal["auto", "on", "off"]
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ConfigError(ValueError):
+    """An option has a value the server cannot run with; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. CLI flags: ``--timeout-<field>``."""
+
+    #: Close a keep-alive connection idle this long.
+    keep_alive: float = 5.0
+    #: From the first byte of a request to the end of its head; then 408 and close.
+    request_head: float = 10.0
+    #: On shutdown, how long in-flight requests may take before they are cancelled.
+    graceful_shutdown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Counts and sizes. CLI flags: ``--limit-<field>``."""
+
+    #: 503 beyond this many open connections or running requests.
+    concurrency: int | None = None
+    #: Exit cleanly after serving this many requests.
+    max_requests: int | None = None
+    #: Bytes in the request line (414 beyond).
+    request_line: int = 8192
+    #: Bytes in the request head: request line and header section (431 beyond).
+    request_head: int = 65536
+    #: Header fields in a request (431 beyond).
+    request_fields: int = 100
+
+
+_GROUPS: dict[str, tuple[str, type[Any]]] = {
+    "timeout_": ("timeouts", Timeouts),
+    "limit_": ("limits", Limits),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    #: An ASGI app, or an import string ``"module:attribute"``.
+    app: str | Callable[..., Any]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    fd: int | None = None
+    backlog: int = 2048
+    loop: LoopChoice = "auto"
+    http: HTTPChoice = "auto"
+    lifespan: LifespanChoice = "auto"
+    root_path: str = ""
+    factory: bool = False
+    app_dir: str = "."
+    env_file: str | None = None
+    log_level: str = "info"
+    access_log: bool = True
+    server_header: bool = True
+    date_header: bool = True
+    #: Extra response headers as ``(name, value)`` pairs (``--header NAME:VALUE``).
+    headers: tuple[tuple[str, str], ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_options(cls, app: str | Callable[..., Any], **options: Any) -> Config:
+        """Build a Config from flat option names (the CLI's long flags with ``_``)."""
+        top: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {name: {} for name, _ in _GROUPS.values()}
+        top_fields = {f.name for f in dataclasses.fields(cls)}
+        for key, value in options.items():
+            for prefix, (group, group_cls) in _GROUPS.items():
+                short = key.removeprefix(prefix)
+                if short != key and short in {f.name for f in dataclasses.fields(group_cls)}:
+                    grouped[group][short] = value
+                    break
+            else:
+                if key not in top_fields or key in ("app", *grouped):
+                    raise ConfigError(f"unknown option {key!r}")
+                top[key] = value
+        if "headers" in top:
+            top["headers"] = tuple(parse_header(h) for h in top["headers"])
+        for prefix, (group, group_cls) in _GROUPS.items():
+            del prefix
+            top[group] = group_cls(**grouped[group])
+        return cls(app=app, **top)
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every option's default under its flat name (``timeout_keep_alive``, ``port``, ...)."""
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "app":
+            continue
+        if f.name in {group for group, _ in _GROUPS.values()}:
+            prefix = next(p for p, (g, _) in _GROUPS.items() if g == f.name)
+            group_cls = dict(_GROUPS.values())[f.name]
+            for g in dataclasses.fields(group_cls):
+                defaults[prefix + g.name] = g.default
+        else:
+            defaults[f.name] = f.default
+    return defaults
+
+
+DEFAULTS: Mapping[str, Any] = option_defaults()
+
+
+def parse_header(header: str | Sequence[str]) -> tuple[str, str]:
+    """``"name:value"`` (CLI) or a ``(name, value)`` pair, checked for CR/LF and a valid name."""
+    if isinstance(header, str):
+        name, sep, value = header.partition(":")
+        if not sep:
+            raise ConfigError(f"--header {header!r}: expected NAME:VALUE")
+    else:
+        name, value = header
+    name, value = name.strip(), value.strip()
+    if not name or any(c in name for c in " \t:\r\n") or any(c in value for c in "\r\n\0"):
+        raise ConfigError(f"--header {name}:{value}: invalid header name or value")
+    return name.lower(), value
+
+
+def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _validate(config: Config) -> None:
+    if not (isinstance(config.port, int) and 0 <= config.port <= 65535):
+        raise ConfigError(f"port must be between 0 and 65535, got {config.port!r}")
+    if config.fd is not None and config.fd < 0:
+        raise ConfigError(f"fd must be a non-negative file descriptor, got {config.fd!r}")
+    _positive("backlog", config.backlog)
+    for name, allowed in (
+        ("loop", ("auto", "asyncio", "uvloop")),
+        ("http", ("auto", "httptools", "h11")),
+        ("lifespan", ("auto", "on", "off")),
+        ("log_level", LOG_LEVELS),
+    ):
+        if getattr(config, name) not in allowed:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}"
+            )
+    if config.root_path and (
+        not config.root_path.startswith("/") or config.root_path.endswith("/")
+    ):
+        raise ConfigError(
+            f"root_path must start with '/' and not end with one, got {config.root_path!r}"
+        )
+    if not isinstance(config.app, str) and not callable(config.app):
+        raise ConfigError("app must be an ASGI application or an import string 'module:attr'")
+    for f in dataclasses.fields(Timeouts):
+        _positive(f"timeout_{f.name}", getattr(config.timeouts, f.name))
+    limits = config.limits
+    _positive("limit_concurrency", limits.concurrency, allow_none=True)
+    _positive("limit_max_requests", limits.max_requests, allow_none=True)
+    for name in ("request_line", "request_head", "request_fields"):
+        _positive(f"limit_{name}", getattr(limits, name))
+    if limits.request_line > limits.request_head:
+        raise ConfigError("limit_request_line cannot exceed limit_request_head")
+    for header in config.headers:
+        parse_header(header)

@@ -1,0 +1,183 @@
+"""Turning a Config into the things a worker runs: the app, the parser backend, the loop.
+
+Each function returns a new object and leaves the Config alone. Failures raise
+:class:`LoadError` with a one-line message meant for the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from asgiserve.config import Config
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.types import ASGIApp, Receive, Scope, Send
+    from asgiserve.transport.state import ParserFactory
+
+__all__ = [
+    "LoadError",
+    "load_app",
+    "load_env_file",
+    "new_event_loop",
+    "parser_factory",
+    "resolve_http",
+    "resolve_loop",
+]
+
+INSTALL_HINT = "install it with: pip install 'asgiserve[standard]'"
+
+
+class LoadError(Exception):
+    """The app or a chosen backend cannot be loaded; the message is for the user."""
+
+
+def import_from_string(import_str: str) -> Any:
+    module_name, sep, attrs = import_str.partition(":")
+    if not sep or not module_name or not attrs:
+        raise LoadError(f'Import string "{import_str}" must be in format "<module>:<attribute>".')
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+            raise  # the module exists but one of *its* imports failed: show the real error
+        raise LoadError(f'Could not import module "{module_name}".') from exc
+    instance: Any = module
+    try:
+        for attr in attrs.split("."):
+            instance = getattr(instance, attr)
+    except AttributeError:
+        raise LoadError(f'Attribute "{attrs}" not found in module "{module_name}".') from None
+    return instance
+
+
+def load_app(config: Config) -> ASGIApp:
+    """Import (or take) the app, call it if it is a factory, and adapt ASGI 2 to ASGI 3."""
+    app: Any = config.app
+    if isinstance(app, str):
+        app_dir = os.path.abspath(config.app_dir)
+        if app_dir not in sys.path:
+            sys.path.insert(0, app_dir)
+        app = import_from_string(app)
+    if config.factory:
+        if not callable(app):
+            raise LoadError("The app factory is not callable.")
+        try:
+            app = app()
+        except TypeError as exc:
+            raise LoadError(f"Error calling the app factory: {exc}") from exc
+    if not callable(app):
+        raise LoadError(f"The app {config.app!r} is not callable (got {type(app).__name__}).")
+    return app if is_asgi3(app) else _ASGI2Adapter(app)
+
+
+def is_asgi3(app: Any) -> bool:
+    """ASGI 3 apps are ``async (scope, receive, send)``; ASGI 2 ones are ``(scope) -> coro``."""
+    if inspect.isclass(app):
+        return hasattr(app, "__await__")
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = getattr(app, "__call__", None)  # noqa: B004 - we want the method object itself
+    if inspect.iscoroutinefunction(call):
+        return True
+    if isinstance(app, functools.partial):
+        return is_asgi3(app.func)
+    try:
+        parameters = inspect.signature(app).parameters
+    except (TypeError, ValueError):
+        return True
+    return len(parameters) != 1
+
+
+class _ASGI2Adapter:
+    """Runs an ASGI 2 (double-callable) app behind the ASGI 3 interface."""
+
+    def __init__(self, app: Callable[[Scope], Callable[[Receive, Send], Any]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instance = self.app(scope)
+        await instance(receive, send)
+
+
+def load_env_file(path: str) -> None:
+    """Load ``KEY=VALUE`` lines (``export`` prefix, quotes and comments allowed) into
+    ``os.environ``; variables already set win."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise LoadError(f"Cannot read env file {path!r}: {exc.strerror}") from exc
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise LoadError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+            if raw.strip().endswith('"'):
+                value = value.replace("\\n", "\n").replace('\\"', '"')
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        os.environ.setdefault(key, value)
+
+
+def resolve_http(choice: str) -> str:
+    """``auto`` means httptools when installed, else h11."""
+    if choice in ("auto", "httptools"):
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            if choice == "httptools":
+                raise LoadError(
+                    f"--http httptools: httptools is not installed; {INSTALL_HINT}"
+                ) from None
+            return "h11"
+        return "httptools"
+    return "h11"
+
+
+def parser_factory(
+    http: str, *, max_request_line: int, max_head: int, max_fields: int
+) -> ParserFactory:
+    if resolve_http(http) == "httptools":
+        from asgiserve.protocols.httptools_parser import HttptoolsParser as parser_class
+    else:
+        from asgiserve.protocols.h11_parser import H11Parser as parser_class  # type: ignore[assignment]
+    factory: ParserFactory = functools.partial(  # type: ignore[assignment]
+        parser_class, max_request_line=max_request_line, max_head=max_head, max_fields=max_fields
+    )
+    return factory
+
+
+def resolve_loop(choice: str) -> str:
+    """``auto`` means uvloop when installed (and supported), else asyncio."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            if choice == "uvloop":
+                raise LoadError(f"--loop uvloop: uvloop is not installed; {INSTALL_HINT}") from None
+            return "asyncio"
+        return "uvloop"
+    return "asyncio"
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    if resolve_loop(choice) == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()

@@ -1,0 +1,1 @@
+"""ASGI middleware the server can put in front of an app."""

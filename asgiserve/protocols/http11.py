@@ -1,0 +1,340 @@
+"""HTTP/1.1 rules shared by both parser backends (RFC 9110, RFC 9112).
+
+Theory of operation
+-------------------
+A backend (httptools or h11) turns bytes into a request line and a header list; neither is
+strict enough on its own, and they disagree with each other. So every backend hands what it
+parsed to :func:`build_request_head`, which applies the same checks for both (framing headers,
+Host, request-target form, version) and returns a :class:`RequestHead` that says how the body is
+framed and whether the connection may be kept alive. The backend then reports the body through
+the :class:`RequestSink` interface.
+
+The response side is plain serialisation: status lines are pre-encoded, the ``date``/``server``
+block is handed in already encoded by the caller (it is refreshed once a second, not per
+request), and headers are checked for CR/LF injection with two ``bytes.count`` calls on the
+finished head rather than per header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Protocol
+
+from asgiserve.protocols.errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KNOWN_METHODS",
+    "ParserLimits",
+    "ProtocolError",
+    "RequestHead",
+    "RequestSink",
+    "build_request_head",
+    "encode_chunk",
+    "encode_response_head",
+    "error_response",
+]
+
+# The request methods both backends accept. llhttp (behind httptools) only knows a fixed list
+# and fails on anything else; h11 accepts any token. We answer 501 Not Implemented for the rest
+# on both, which RFC 9110 section 9.1 recommends for an unrecognised method.
+KNOWN_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
+
+
+class ParserLimits:
+    """Size limits applied while a request head is read; plain values, no config object."""
+
+    __slots__ = ("max_fields", "max_head", "max_request_line")
+
+    def __init__(
+        self, *, max_request_line: int = 8192, max_head: int = 65536, max_fields: int = 100
+    ) -> None:
+        self.max_request_line = max_request_line
+        self.max_head = max_head
+        self.max_fields = max_fields
+
+
+DEFAULT_LIMITS = ParserLimits()
+
+
+class RequestHead:
+    """A validated request head and the framing facts derived from it."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        path: bytes,
+        query: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bytes | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method} {self.target!r} HTTP/{self.http_version}>"
+
+
+class RequestSink(Protocol):
+    """What a parser backend reports to; the HTTP/1.1 connection implements it."""
+
+    def on_request(self, head: RequestHead) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_request_end(self) -> None: ...
+
+
+def _split_tokens(values: list[bytes]) -> list[bytes]:
+    return [t.strip().lower() for v in values for t in v.split(b",") if t.strip()]
+
+
+def _normalise_version(version: str) -> str:
+    # RFC 9112 section 2.3: a recipient of a higher minor version of HTTP/1 answers with the
+    # highest 1.x it supports; any other major version gets 505.
+    if len(version) == 3 and version[1] == "." and version[0].isdigit() and version[2].isdigit():
+        if version[0] == "1":
+            return "1.0" if version[2] == "0" else "1.1"
+        raise ProtocolError(
+            f"HTTP version {version} not supported", HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
+        )
+    raise ProtocolError(f"malformed HTTP version {version!r}")
+
+
+def _split_target(method: str, target: bytes) -> tuple[bytes, bytes]:
+    """Return (path, query) for the request-target forms a server accepts (RFC 9112 §3.2)."""
+    if b"#" in target:
+        raise ProtocolError("fragment in request target")
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+        return path, query
+    if target == b"*":
+        if method != "OPTIONS":
+            raise ProtocolError("asterisk-form request target is only allowed with OPTIONS")
+        return b"*", b""
+    lowered = target[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        # Absolute-form (RFC 9112 section 3.2.2): the path starts after the authority.
+        rest = target[target.index(b"//") + 2 :]
+        slash = rest.find(b"/")
+        question = rest.find(b"?")
+        if slash == -1 or (question != -1 and question < slash):
+            cut = question if question != -1 else len(rest)
+            path, query = b"/", rest[cut + 1 :] if question != -1 else b""
+        else:
+            path, _, query = rest[slash:].partition(b"?")
+        if not rest[: slash if slash != -1 else len(rest)]:
+            raise ProtocolError("absolute-form request target without authority")
+        return path, query
+    raise ProtocolError("request target is not in origin-form")
+
+
+def build_request_head(
+    method: str,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    max_fields: int,
+) -> RequestHead:
+    """Apply the checks both backends share and derive body framing and persistence.
+
+    ``headers`` must already have lower-cased names.
+    """
+    http_version = "1.1" if version == "1.1" else _normalise_version(version)
+    if method not in KNOWN_METHODS:
+        raise ProtocolError(f"unknown method {method[:32]!r}", HTTPStatus.NOT_IMPLEMENTED)
+    if len(headers) > max_fields:
+        raise ProtocolError(
+            f"more than {max_fields} header fields", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+        )
+    path, query = _split_target(method, target)
+
+    hosts = 0
+    content_lengths: list[bytes] | None = None
+    transfer_encodings: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    expect: bytes | None = None
+    upgrade: bytes | None = None
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            if content_lengths is None:
+                content_lengths = [value]
+            else:
+                content_lengths.append(value)
+        elif name == b"transfer-encoding":
+            if transfer_encodings is None:
+                transfer_encodings = [value]
+            else:
+                transfer_encodings.append(value)
+        elif name == b"connection":
+            if connection is None:
+                connection = [value]
+            else:
+                connection.append(value)
+        elif name == b"expect":
+            expect = value
+        elif name == b"upgrade":
+            upgrade = value
+
+    # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
+    if hosts != 1 and (hosts > 1 or http_version == "1.1"):
+        raise ProtocolError("missing Host header" if hosts == 0 else "duplicate Host header")
+
+    content_length: int | None = None
+    chunked = False
+    if transfer_encodings is not None:
+        # RFC 9112 section 6.1: Transfer-Encoding with Content-Length is a smuggling vector;
+        # an HTTP/1.0 message with Transfer-Encoding has faulty framing; chunked must be last
+        # and, since we decode no other coding, the only one.
+        if content_lengths is not None:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if http_version == "1.0":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+        if _split_tokens(transfer_encodings) != [b"chunked"]:
+            raise ProtocolError("unsupported Transfer-Encoding")
+        chunked = True
+    elif content_lengths is not None:
+        # RFC 9112 section 6.3: a list, a duplicate or anything but plain ASCII digits is
+        # rejected rather than guessed at.
+        if len(content_lengths) != 1:
+            raise ProtocolError("duplicate Content-Length")
+        raw = content_lengths[0]
+        if not raw.isdigit() or len(raw) > 18:
+            raise ProtocolError("invalid Content-Length")
+        content_length = int(raw)
+
+    if connection is None:
+        keep_alive = http_version == "1.1"
+        upgrade_requested = False
+    else:
+        tokens = _split_tokens(connection)
+        if b"close" in tokens:
+            keep_alive = False
+        else:
+            keep_alive = http_version == "1.1" or b"keep-alive" in tokens
+        upgrade_requested = b"upgrade" in tokens
+
+    return RequestHead(
+        method,
+        target,
+        path,
+        query,
+        http_version,
+        headers,
+        keep_alive,
+        expect is not None and http_version == "1.1" and expect.lower() == b"100-continue",
+        content_length,
+        chunked,
+        upgrade.strip().lower() if upgrade is not None and upgrade_requested else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Response serialisation
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+_STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s)) for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"invalid HTTP status code {status!r}")
+        line = _status_line(status)
+    return line
+
+
+class InvalidResponseHeader(ValueError):
+    """An application tried to send a header that would corrupt the response framing."""
+
+
+def encode_response_head(
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]],
+    default_headers: bytes,
+    framing: bytes,
+) -> bytes:
+    """Serialise a response head.
+
+    ``default_headers`` is the already-encoded server/date block (ending in CRLF, may be
+    empty); ``framing`` the already-encoded framing and connection headers plus the final CRLF.
+    """
+    parts = [status_line(status), default_headers]
+    count = 0
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    parts.append(framing)
+    head = b"".join(parts)
+    # One CRLF per header we added, plus the status line, the default block and the framing
+    # block; anything more means a name or value smuggled in a line break.
+    expected = count + 1 + default_headers.count(b"\n") + framing.count(b"\n")
+    if head.count(b"\n") != expected or head.count(b"\r") != expected:
+        raise InvalidResponseHeader("response header name or value contains CR or LF")
+    return head
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_response(status: int, reason: str, default_headers: bytes = b"") -> bytes:
+    """A complete plain-text error response that closes the connection."""
+    body = f"{HTTPStatus(status).phrase}: {reason}\n".encode("ascii", "replace")
+    return (
+        status_line(status)
+        + default_headers
+        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%b" % (len(body), body)
+    )

@@ -1,0 +1,146 @@
+"""HTTP/1.1 request parsing with httptools (llhttp, C): the fast backend.
+
+Theory of operation
+-------------------
+llhttp calls us back as it walks the bytes: ``on_message_begin``, ``on_url`` (possibly in
+pieces), ``on_header`` per field, ``on_headers_complete``, ``on_body`` and
+``on_message_complete``. We collect the head, hand it to the shared
+:func:`~asgiserve.protocols.http11.build_request_head` (so both backends give the same verdicts)
+and report the request to the sink. Errors raised inside a callback come back out of
+``feed_data`` wrapped in ``HttpParserCallbackError``; we unwrap our own.
+
+llhttp stops ("pauses") after a request that asks for a protocol switch (``Upgrade`` or
+``CONNECT``) and tells us where it stopped; when the connection does not switch we go on
+parsing the rest with a fresh parser, since httptools offers no way to resume the old one.
+llhttp's version check is relaxed (``lenient_version``) so that the shared rules decide: 505 for
+HTTP/2+ and HTTP/0.x, HTTP/1.2+ served as HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import httptools
+
+from asgiserve.protocols.errors import ProtocolError
+from asgiserve.protocols.http11 import RequestHead, RequestSink, build_request_head
+
+
+class HttptoolsParser:
+    """Feeds bytes to llhttp and reports requests to a :class:`RequestSink`."""
+
+    __slots__ = (
+        "_head",
+        "_head_bytes",
+        "_headers",
+        "_max_fields",
+        "_max_head",
+        "_max_request_line",
+        "_parser",
+        "_sink",
+        "_url",
+        "in_head",
+    )
+
+    def __init__(
+        self,
+        sink: RequestSink,
+        *,
+        max_request_line: int = 8192,
+        max_head: int = 65536,
+        max_fields: int = 100,
+    ) -> None:
+        self._sink = sink
+        self._max_request_line = max_request_line
+        self._max_head = max_head
+        self._max_fields = max_fields
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._head: RequestHead | None = None
+        #: True while the bytes of a request head are arriving (for the head timeout).
+        self.in_head = False
+        self._parser = self._new_parser()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
+
+    def feed(self, data: bytes) -> None:
+        was_in_head = self.in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._after_upgrade_request(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise  # a bug in the sink: let the connection log it
+        except httptools.HttpParserInvalidMethodError as exc:
+            raise ProtocolError("unknown method", HTTPStatus.NOT_IMPLEMENTED) from exc
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(str(exc) or "malformed request") from exc
+        if self.in_head:
+            # Bytes held for a head that is still incomplete: the callbacks count completed
+            # pieces precisely; after the first read, whole reads count (they are all head).
+            self._head_bytes = self._head_bytes + len(data) if was_in_head else self._estimate()
+            if self._head_bytes > self._max_head:
+                raise ProtocolError(
+                    "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                )
+
+    def _estimate(self) -> int:
+        return len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) + 16
+
+    def _after_upgrade_request(self, rest: bytes) -> None:
+        # llhttp skipped any body of the request it thought was switching protocols. We do not
+        # switch, so a body would now be misread as the next request: stop reading instead.
+        head = self._head
+        self._parser = self._new_parser()
+        if head is not None and head.has_body:
+            raise ProtocolError("request body on a protocol upgrade request")
+        if rest:
+            self.feed(rest)
+
+    # -- llhttp callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url if self._url else url
+        if len(url) > self._max_request_line:
+            raise ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self._max_fields:
+            raise ProtocolError(
+                f"more than {self._max_fields} header fields",
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            )
+        headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self._parser
+        head = build_request_head(
+            parser.get_method().decode("ascii"),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            max_fields=self._max_fields,
+        )
+        self._head = head
+        self._sink.on_request(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_request_end()

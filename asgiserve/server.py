@@ -1,0 +1,314 @@
+"""The server: sockets, lifespan, signals, the once-a-second tick, graceful shutdown.
+
+``await Server(config).serve()`` runs inside an existing event loop (embedding);
+:func:`asgiserve.run` makes the loop and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from asgiserve.asgi.lifespan import Lifespan, LifespanFailure
+from asgiserve.config import Config
+from asgiserve.loading import (
+    LoadError,
+    load_app,
+    load_env_file,
+    parser_factory,
+    resolve_http,
+    resolve_loop,
+)
+from asgiserve.logging import make_access_log
+from asgiserve.transport.binding import BindError, bind_fd, bind_tcp, bind_unix, describe
+from asgiserve.transport.connection import HTTP11Connection
+from asgiserve.transport.state import ServerState
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from asgiserve.asgi.types import ASGIApp
+
+logger = logging.getLogger("asgiserve.error")
+
+__all__ = ["EXIT_STARTUP_FAILURE", "Server", "StartupFailure"]
+
+#: Exit status when the server could not start (bind failed, lifespan startup failed, ...).
+EXIT_STARTUP_FAILURE = 3
+
+
+class StartupFailure(Exception):
+    """The server could not start; the message says why in one line."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_STARTUP_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = asyncio.Event() if _has_running_loop() else None
+        self.force_exit = False
+        self.started = False
+        self.state: ServerState | None = None
+        self.sockets: list[socket.socket] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._signals: list[int] = []
+
+    # -- public --------------------------------------------------------------------------------
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Run until told to exit; raise :class:`StartupFailure` if startup fails."""
+        if self.should_exit is None:
+            self.should_exit = asyncio.Event()
+        self._install_signal_handlers()
+        try:
+            await self._serve(sockets)
+        finally:
+            self._remove_signal_handlers()
+
+    def exit(self, *, force: bool = False) -> None:
+        """Ask the server to shut down gracefully (``force``: without waiting)."""
+        self.force_exit = self.force_exit or force
+        if self.should_exit is not None:
+            self.should_exit.set()
+
+    # -- startup -------------------------------------------------------------------------------
+
+    async def _serve(self, sockets: Sequence[socket.socket] | None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            if config.env_file:
+                load_env_file(config.env_file)
+            app = load_app(config)
+            factory = parser_factory(
+                config.http,
+                max_request_line=config.limits.request_line,
+                max_head=config.limits.request_head,
+                max_fields=config.limits.request_fields,
+            )
+        except LoadError as exc:
+            raise StartupFailure(str(exc), exit_code=1) from exc
+        except Exception as exc:
+            # The app's own module failed to import: the user needs the whole traceback.
+            logger.exception("Error loading the app %r", config.app)
+            raise StartupFailure(f"could not load the app: {exc!r}", exit_code=1) from exc
+        own_sockets = sockets is None
+        try:
+            self.sockets = list(sockets) if sockets is not None else self._bind()
+        except BindError as exc:
+            raise StartupFailure(str(exc)) from exc
+
+        lifespan_state: dict[str, Any] = {}
+        lifespan = Lifespan(app, config.lifespan, lifespan_state)
+        try:
+            try:
+                await lifespan.startup()
+            except LifespanFailure as exc:
+                raise StartupFailure(f"Application startup failed: {exc}") from exc
+            state = self.state = self._make_state(app, loop, factory, lifespan_state)
+            self._tick()
+            for sock in self.sockets:
+                server = await loop.create_server(
+                    lambda: HTTP11Connection(state), sock=sock, backlog=config.backlog
+                )
+                self._servers.append(server)
+            self._log_started(loop)
+            self.started = True
+            assert self.should_exit is not None
+            await self.should_exit.wait()
+            await self._shutdown()
+            await lifespan.shutdown()
+        finally:
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            if own_sockets:
+                self._close_sockets()
+
+    def _bind(self) -> list[socket.socket]:
+        config = self.config
+        if config.fd is not None:
+            return [bind_fd(config.fd)]
+        if config.uds:
+            return [bind_unix(config.uds)]
+        return [bind_tcp(config.host, config.port)]
+
+    def _make_state(
+        self,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        factory: Any,
+        lifespan_state: dict[str, Any],
+    ) -> ServerState:
+        config = self.config
+        return ServerState(
+            app=app,
+            loop=loop,
+            parser_factory=factory,
+            keep_alive_timeout=config.timeouts.keep_alive,
+            head_timeout=config.timeouts.request_head,
+            root_path=config.root_path,
+            lifespan_state=lifespan_state,
+            access_log=make_access_log(loop.time) if config.access_log else None,
+            limit_concurrency=config.limits.concurrency,
+            limit_max_requests=config.limits.max_requests,
+            on_max_requests=self._on_max_requests,
+        )
+
+    def _log_started(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        http = resolve_http(self.config.http)
+        for sock in self.sockets:
+            logger.info(
+                "asgiserve running on %s (loop: %s, http: %s, pid: %d) - press CTRL+C to quit",
+                describe(sock),
+                loop_name,
+                http,
+                os.getpid(),
+            )
+
+    def _on_max_requests(self) -> None:
+        if self.should_exit is not None and not self.should_exit.is_set():
+            logger.warning(
+                "Maximum request limit of %d reached: shutting down.",
+                self.config.limits.max_requests,
+            )
+            self.exit()
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Once a second: refresh the date header, enforce connection deadlines."""
+        state = self.state
+        assert state is not None
+        state.default_headers = self._default_headers()
+        state.sweep_timeouts()
+        loop = state.loop
+        # Fire just after the next wall-clock second so the Date header is never a second stale.
+        delay = 1.0 - (loop.time() % 1.0) + 0.001
+        self._tick_handle = loop.call_later(delay, self._tick)
+
+    def _default_headers(self) -> bytes:
+        config = self.config
+        lines: list[str] = []
+        if config.server_header:
+            lines.append("server: asgiserve\r\n")
+        if config.date_header:
+            lines.append(f"date: {formatdate(usegmt=True)}\r\n")
+        lines.extend(f"{name}: {value}\r\n" for name, value in config.headers)
+        return "".join(lines).encode("latin-1")
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        state = self.state
+        assert state is not None
+        logger.info("Shutting down")
+        for server in self._servers:
+            server.close()
+        state.draining = True
+        for connection in list(state.connections):
+            connection.shutdown()
+        timeout = self.config.timeouts.graceful_shutdown
+        loop = state.loop
+        deadline = loop.time() + timeout
+        if (state.connections or state.tasks) and not self.force_exit:
+            logger.info(
+                "Waiting for %d connection(s) and %d request(s) to finish (up to %gs).",
+                len(state.connections),
+                len(state.tasks),
+                timeout,
+            )
+        while (state.connections or state.tasks) and not self.force_exit:
+            if loop.time() >= deadline:
+                logger.warning("Graceful shutdown timed out: cancelling requests in flight.")
+                break
+            await asyncio.sleep(0.05)
+        for task in list(state.tasks):
+            task.cancel()
+        for connection in list(state.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        if state.tasks:
+            await asyncio.wait(list(state.tasks), timeout=1.0)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX and self.config.uds:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.uds)
+            if self.config.fd is None:
+                sock.close()
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed in the main thread
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+                continue
+            self._signals.append(sig)
+
+    def _remove_signal_handlers(self) -> None:
+        if not self._signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        if self.should_exit is not None and self.should_exit.is_set():
+            if sig == signal.SIGINT:
+                logger.warning("Second interrupt: exiting without waiting.")
+                self.exit(force=True)
+            return
+        logger.info("Received %s: shutting down gracefully.", signal.Signals(sig).name)
+        self.exit()
+
+
+def _has_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_server(config: Config) -> int:
+    """Run a server in a new event loop until it exits; return the process exit code."""
+    loop_choice = resolve_loop(config.loop)
+    from asgiserve.loading import new_event_loop
+
+    loop = new_event_loop(loop_choice)
+    server = Server(config)
+    try:
+        loop.run_until_complete(server.serve())
+    except StartupFailure as exc:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        logger.error("%s", exc, exc_info=exc.__cause__ if debug else None)
+        return exc.exit_code
+    except KeyboardInterrupt:  # pragma: no cover - only without signal handlers
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return 0

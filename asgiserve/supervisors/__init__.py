@@ -1,0 +1,1 @@
+"""Process supervisors (multiple workers, reload)."""

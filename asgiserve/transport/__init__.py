@@ -1,0 +1,1 @@
+"""The asyncio layer: connections (asyncio.Protocol), socket binding, shared server state."""

@@ -1,0 +1,538 @@
+"""The asyncio side of an HTTP/1.1 connection: bytes in, bytes out, timers, flow control.
+
+Theory of operation
+-------------------
+One :class:`HTTP11Connection` per socket. ``data_received`` feeds the parser backend, which
+reports requests to us (``on_request``/``on_body``/``on_request_end``); each request becomes an
+:class:`~asgiserve.asgi.http.HTTPCycle` in a FIFO, and requests run one at a time in order
+(pipelined requests wait their turn; reading pauses while any wait, so buffered input stays
+bounded). The app for a request runs in a task started eagerly on Python 3.12+, so a simple
+response is complete before ``data_received`` returns; while we work through a burst of
+pipelined requests, writes are "corked" into one ``transport.write``.
+
+We are the cycle's :class:`~asgiserve.asgi.http.ResponseSink`: we decide the HTTP/1.1 framing
+(Content-Length, chunked, or close-delimited for HTTP/1.0) and whether the connection stays
+open. Protocol errors from the parser become one complete error response and a close, sent
+after the responses to earlier requests. Timeouts are deadlines checked by the server's
+once-a-second sweep rather than a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from asgiserve.asgi.http import (
+    HEADER_CONNECTION,
+    HEADER_DATE,
+    HEADER_SERVER,
+    HEADER_TRANSFER_ENCODING,
+    HTTPCycle,
+    Phase,
+)
+from asgiserve.asgi.scope import ConnectionInfo, http_scope
+from asgiserve.protocols.errors import ProtocolError
+from asgiserve.protocols.http11 import (
+    LAST_CHUNK,
+    RequestHead,
+    encode_chunk,
+    encode_response_head,
+    error_response,
+)
+from asgiserve.transport.state import EAGER_TASKS, start_task
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.types import Message, Receive, Scope, Send
+    from asgiserve.transport.state import RequestParser, ServerState
+
+logger = logging.getLogger("asgiserve.error")
+
+__all__ = ["HTTP11Connection"]
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Deadline:
+    """What happens when a connection's deadline passes."""
+
+    NONE = 0
+    IDLE = 1  # keep-alive timeout: close quietly
+    HEAD = 2  # request head too slow: 408 and close
+
+
+def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:
+    address = transport.get_extra_info(key)
+    if isinstance(address, (tuple, list)) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
+
+
+class HTTP11Connection(asyncio.Protocol):
+    __slots__ = (
+        "active",
+        "active_head",
+        "body_paused",
+        "closing",
+        "context",
+        "cork",
+        "deadline",
+        "deadline_kind",
+        "discarding",
+        "drain_waiters",
+        "info",
+        "keep_alive",
+        "loop",
+        "parser",
+        "parsing",
+        "pending_error",
+        "queue",
+        "reading_paused",
+        "response_chunked",
+        "response_close",
+        "started_at",
+        "state",
+        "transport",
+        "writing_paused",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: RequestParser = state.parser_factory(self)
+        self.info: ConnectionInfo | None = None
+        self.context = contextvars.copy_context()
+        #: Requests parsed and waiting for their turn, with their heads.
+        self.queue: deque[tuple[HTTPCycle, RequestHead]] = deque()
+        #: The request whose response is being produced.
+        self.active: HTTPCycle | None = None
+        self.active_head: RequestHead | None = None
+        #: The request whose body the parser is reading (the active one or the last queued).
+        self.parsing: HTTPCycle | None = None
+        self.discarding = False
+        self.keep_alive = True
+        self.closing = False
+        self.pending_error: ProtocolError | None = None
+        self.response_chunked = False
+        self.response_close = False
+        self.reading_paused = False
+        self.body_paused = False
+        self.writing_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.cork: list[bytes] | None = None
+        self.deadline = 0.0
+        self.deadline_kind = _Deadline.NONE
+        self.started_at = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        state = self.state
+        state.connections.add(self)
+        server: tuple[str, int | None] | None = _peer(transport, "sockname")
+        if server is None:
+            sockname = transport.get_extra_info("sockname")
+            server = (sockname, None) if isinstance(sockname, str) and sockname else None
+        self.info = ConnectionInfo(
+            scheme="https" if transport.get_extra_info("sslcontext") else "http",
+            client=_peer(transport, "peername"),
+            server=server,
+            root_path=state.root_path,
+            state=state.lifespan_state,
+        )
+        self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        self.deadline = 0.0
+        active = self.active
+        if active is not None:
+            active.disconnect()
+        for cycle, _head in self.queue:
+            cycle.disconnect()
+        self.queue.clear()
+        parsing = self.parsing
+        if parsing is not None and parsing is not active:
+            parsing.disconnect()
+        self._wake_drain_waiters()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: there will be no further requests. Keep the socket open for
+        # the response to the current one, if any (return True), otherwise close.
+        if self.active is None and not self.queue:
+            return None
+        self.keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_drain_waiters()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            self._on_protocol_error(exc)
+        if self.active is None:
+            if self.queue:
+                self._run_queue()
+            elif self.parser.in_head and self.deadline_kind != _Deadline.HEAD:
+                self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
+        elif self.queue and not self.reading_paused:
+            # Pipelined requests are waiting: stop reading until they have been served.
+            self._pause_reading()
+
+    # -- parser sink ---------------------------------------------------------------------------
+
+    def on_request(self, head: RequestHead) -> None:
+        state = self.state
+        state.total_requests += 1
+        info = self.info
+        assert info is not None
+        scope = http_scope(
+            info, head.method, head.http_version, head.path, head.query, head.headers
+        )
+        cycle = HTTPCycle(
+            scope,
+            self,
+            expect_continue=head.expect_continue,
+            has_body=head.has_body,
+            on_complete=self._on_response_complete,
+        )
+        self.parsing = cycle
+        self.queue.append((cycle, head))
+        if state.limit_max_requests is not None and state.total_requests >= (
+            state.limit_max_requests
+        ):
+            on_max = state.on_max_requests
+            if on_max is not None:
+                on_max()
+
+    def on_body(self, data: bytes) -> None:
+        parsing = self.parsing
+        if parsing is None or self.discarding:
+            return
+        if parsing.feed_body(data) and parsing is self.active:
+            self.body_paused = True
+            self._pause_reading()
+
+    def on_request_end(self) -> None:
+        parsing = self.parsing
+        if parsing is not None:
+            parsing.end_body()
+            self.parsing = None
+        if self.discarding:
+            self.discarding = False
+            self._update_reading()
+
+    # -- running requests ----------------------------------------------------------------------
+
+    def _run_queue(self) -> None:
+        """Start queued requests in order while each completes synchronously."""
+        queue = self.queue
+        cork: list[bytes] | None = None
+        if len(queue) > 1 and self.cork is None:
+            self.cork = cork = []
+        try:
+            while self.active is None and queue and not self.closing:
+                cycle, head = queue.popleft()
+                self.active = cycle
+                self.active_head = head
+                self.deadline = 0.0
+                self.deadline_kind = _Deadline.NONE
+                self._start(cycle)
+        finally:
+            if cork is not None:
+                self.cork = None
+                if cork and self.transport is not None:
+                    self.transport.write(b"".join(cork))
+        self._update_reading()
+
+    def _start(self, cycle: HTTPCycle) -> None:
+        state = self.state
+        if state.access_log is not None:
+            self.started_at = self.loop.time()
+        app = state.app
+        limit = state.limit_concurrency
+        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
+            app = _service_unavailable
+        task = start_task(self.loop, cycle.run(app), self.context.copy())
+        if not task.done():
+            tasks = state.tasks
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    def _on_response_complete(self, cycle: HTTPCycle) -> None:
+        if cycle is not self.active:
+            return
+        head = self.active_head
+        self.active = None
+        self.active_head = None
+        access_log = self.state.access_log
+        if access_log is not None:
+            access_log(cycle, self.started_at)
+        if self.closing:
+            return
+        if self.pending_error is not None:
+            self._send_error(self.pending_error)
+            return
+        keep_alive = (
+            self.keep_alive
+            and not self.response_close
+            and head is not None
+            and head.keep_alive
+            and not self.state.draining
+            and cycle.phase is Phase.DONE
+            and not cycle.disconnected
+        )
+        if keep_alive and not cycle.request_complete:
+            if cycle.expect_continue and not cycle.continue_sent:
+                # RFC 9110 section 10.1.1: we answered without asking for the body, so we
+                # cannot tell whether the client will send it: start afresh.
+                keep_alive = False
+            else:
+                # The app did not read the whole body: read and drop the rest, then go on.
+                self.discarding = True
+                cycle.chunks.clear()
+        if not keep_alive:
+            self._close()
+            return
+        if self.queue:
+            if self.cork is not None or not EAGER_TASKS:
+                # Inside _run_queue's loop (or tasks start lazily anyway): it goes on.
+                if self.cork is None:
+                    self._run_queue()
+            else:
+                # An eager task started from inside this app's task would nest; go round the
+                # loop once instead.
+                self.loop.call_soon(self._run_queue_soon)
+            return
+        if self.parser.in_head:
+            self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
+        else:
+            self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
+        self._update_reading()
+
+    def _run_queue_soon(self) -> None:
+        if self.active is None and self.queue:
+            self._run_queue()
+
+    # -- ResponseSink --------------------------------------------------------------------------
+
+    def send_continue(self) -> None:
+        self._write(_CONTINUE)
+
+    def send_head(self, cycle: HTTPCycle, body: bytes, more_body: bool) -> None:
+        head = self.active_head
+        assert head is not None
+        close = not head.keep_alive or not self.keep_alive or self.state.draining
+        http10 = head.http_version == "1.0"
+        default_headers = self.state.default_headers
+        app_chunked = False
+        flags = cycle.header_flags
+        if flags:
+            close, app_chunked, default_headers = self._app_framing(cycle, close, default_headers)
+        chunked = False
+        if not cycle.body_allowed or cycle.content_length is not None:
+            framing = b""
+        elif not more_body:
+            framing = b"content-length: %d\r\n" % len(body)
+        elif http10:
+            framing = b""  # close-delimited (RFC 9112 section 6.3, rule 8)
+            close = True
+        else:
+            chunked = True
+            framing = b"" if app_chunked else b"transfer-encoding: chunked\r\n"
+        if close:
+            framing += b"connection: close\r\n\r\n"
+        elif http10:
+            framing += b"connection: keep-alive\r\n\r\n"
+        else:
+            framing += b"\r\n"
+        data = encode_response_head(cycle.status, cycle.response_headers, default_headers, framing)
+        self.response_chunked = chunked
+        self.response_close = close
+        if chunked:
+            if body:
+                data += encode_chunk(body)
+            if not more_body:
+                data += LAST_CHUNK
+        elif body:
+            data += body
+        self._write(data)
+
+    def _app_framing(
+        self, cycle: HTTPCycle, close: bool, default_headers: bytes
+    ) -> tuple[bool, bool, bytes]:
+        """The slow path for responses that set hop-by-hop or default headers themselves."""
+        app_chunked = False
+        flags = cycle.header_flags
+        if flags & (HEADER_CONNECTION | HEADER_TRANSFER_ENCODING):
+            for name, value in cycle.response_headers:
+                lowered = name.lower()
+                if lowered == b"connection" and b"close" in value.lower():
+                    close = True
+                elif lowered == b"transfer-encoding":
+                    if value.lower().strip() != b"chunked" or cycle.content_length is not None:
+                        raise ValueError(f"Unsupported response Transfer-Encoding {value!r}")
+                    app_chunked = True
+        if flags & (HEADER_SERVER | HEADER_DATE):
+            # The app's own server/date headers replace ours.
+            skip = tuple(
+                prefix
+                for flag, prefix in ((HEADER_SERVER, b"server:"), (HEADER_DATE, b"date:"))
+                if flags & flag
+            )
+            default_headers = b"".join(
+                line + b"\r\n"
+                for line in default_headers.split(b"\r\n")
+                if line and not line.lower().startswith(skip)
+            )
+        return close, app_chunked, default_headers
+
+    def send_body(self, body: bytes, more_body: bool) -> None:
+        if self.response_chunked:
+            data = encode_chunk(body) if body else b""
+            if not more_body:
+                data += LAST_CHUNK
+        else:
+            data = body
+        if data:
+            self._write(data)
+
+    async def drain(self) -> None:
+        if not self.writing_paused or self.closing:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    def resume_body(self) -> None:
+        if self.body_paused:
+            self.body_paused = False
+            self._update_reading()
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        self._close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        cork = self.cork
+        if cork is not None:
+            cork.append(data)
+        elif self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def _wake_drain_waiters(self) -> None:
+        waiters = self.drain_waiters
+        if waiters:
+            self.drain_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _set_deadline(self, kind: int, timeout: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+
+    def on_deadline(self) -> None:
+        """Called by the server's sweep when ``deadline`` has passed."""
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        self.deadline_kind = _Deadline.NONE
+        if self.closing or self.active is not None:
+            return
+        if kind == _Deadline.HEAD:
+            self._send_error(
+                ProtocolError("request head not received in time", HTTPStatus.REQUEST_TIMEOUT)
+            )
+        elif kind == _Deadline.IDLE:
+            self._close()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _update_reading(self) -> None:
+        """Read while no pipelined request waits and the app keeps up with the body."""
+        if self.reading_paused and not self.queue and not self.body_paused and not self.closing:
+            self.reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def _on_protocol_error(self, exc: ProtocolError) -> None:
+        self.keep_alive = False
+        self._pause_reading()
+        parsing = self.parsing
+        self.parsing = None
+        if parsing is not None:
+            if parsing is self.active:
+                # The request whose body broke is being served: the app sees a disconnect
+                # and, if it has not started its response, the client gets the error.
+                if parsing.phase is Phase.START or parsing.phase is Phase.HEAD:
+                    self.pending_error = exc
+                    parsing.disconnect()
+                    return
+                parsing.disconnect()
+                self._close()
+                return
+            if self.queue and self.queue[-1][0] is parsing:
+                self.queue.pop()
+        if self.active is None and not self.queue:
+            self._send_error(exc)
+        else:
+            self.pending_error = exc
+
+    def _send_error(self, exc: ProtocolError) -> None:
+        logger.debug("Rejecting request: %s (%d)", exc.reason, exc.status)
+        self._write(error_response(exc.status, exc.reason, self.state.default_headers))
+        self._close()
+
+    def _close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.deadline = 0.0
+        transport = self.transport
+        if transport is not None:
+            cork = self.cork
+            if cork:
+                transport.write(b"".join(cork))
+                cork.clear()
+            transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in progress."""
+        self.keep_alive = False
+        if self.active is None and not self.queue:
+            self._close()
+
+
+async def _service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+    """Served instead of the app beyond ``--limit-concurrency``."""
+    body = b"Service Unavailable"
+    start: Message = {
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

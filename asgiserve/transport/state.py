@@ -1,0 +1,103 @@
+"""State shared by the server and its connections, as plain values (no Config here)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.http import HTTPCycle
+    from asgiserve.asgi.types import ASGIApp
+    from asgiserve.protocols.http11 import RequestSink
+
+    class RequestParser:
+        in_head: bool
+
+        def feed(self, data: bytes) -> None: ...
+
+    ParserFactory = Callable[[RequestSink], RequestParser]
+
+__all__ = ["EAGER_TASKS", "ServerState", "start_task"]
+
+#: Python 3.12+ can run a task's first step immediately, inside the call that creates it, so a
+#: simple response is written before ``data_received`` returns (no extra loop iteration).
+EAGER_TASKS = sys.version_info >= (3, 12)
+
+if sys.version_info >= (3, 12):
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None]:
+        # Not loop.set_task_factory(asyncio.eager_task_factory): uvloop's create_task does not
+        # pass eager_start through, so we build the Task ourselves on every loop.
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+
+elif sys.version_info >= (3, 11):
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro, context=context)
+
+else:
+
+    def start_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None]:
+        # 3.10's create_task copies the *current* context; make the fresh copy current first.
+        return context.run(loop.create_task, coro)
+
+
+class ServerState:
+    """Everything connections share: the app, limits as plain values, live bookkeeping."""
+
+    def __init__(
+        self,
+        *,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        parser_factory: ParserFactory,
+        keep_alive_timeout: float,
+        head_timeout: float,
+        root_path: str = "",
+        lifespan_state: dict[str, Any] | None = None,
+        access_log: Callable[[HTTPCycle, float], None] | None = None,
+        limit_concurrency: int | None = None,
+        limit_max_requests: int | None = None,
+        on_max_requests: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.loop = loop
+        self.parser_factory = parser_factory
+        self.keep_alive_timeout = keep_alive_timeout
+        self.head_timeout = head_timeout
+        self.root_path = root_path
+        self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
+        self.access_log = access_log
+        self.limit_concurrency = limit_concurrency
+        self.limit_max_requests = limit_max_requests
+        self.on_max_requests = on_max_requests
+        #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
+        self.default_headers = b""
+        self.connections: set[Any] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.total_requests = 0
+        #: Set when the server shuts down: responses close their connections.
+        self.draining = False
+
+    def sweep_timeouts(self) -> None:
+        """Close connections whose keep-alive or request-head deadline passed (once a second)."""
+        now = self.loop.time()
+        for connection in list(self.connections):
+            deadline = connection.deadline
+            if deadline and now >= deadline:
+                connection.on_deadline()
