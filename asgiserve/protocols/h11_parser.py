@@ -14,6 +14,7 @@ after an upgrade request) starts the next round.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import h11
@@ -23,6 +24,7 @@ from asgiserve.protocols.http11 import RequestSink, build_request_head
 
 # llhttp rejects chunk sizes that overflow 64 bits; h11 would wait for the bytes. Same verdict.
 _MAX_CHUNK_SIZE = 2**64 - 1
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,32}")
 
 
 class H11Parser:
@@ -78,6 +80,10 @@ class H11Parser:
                 self._buffer = b""
                 return b""
         self.in_head = True
+        method = _METHOD.match(buffer)
+        if method is None or (method.end() < len(buffer) and buffer[method.end()] != 32):
+            # Not even the start of a request line (a TLS handshake, say): no use waiting.
+            raise ProtocolError("malformed request line")
         end = buffer.find(b"\r\n\r\n")
         line_end = buffer.find(b"\n")
         if (line_end == -1 and len(buffer) > self._max_request_line) or (
@@ -109,6 +115,16 @@ class H11Parser:
                 f"more than {self._max_fields} header fields",
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             )
+        lowered = head.lower()
+        at = lowered.find(b"\ncontent-length:")
+        if at != -1:
+            # h11 folds repeated or listed Content-Length values into one; the shared rules
+            # reject both, so look at the raw lines while we still can.
+            if lowered.find(b"\ncontent-length:", at + 1) != -1:
+                raise ProtocolError("duplicate Content-Length")
+            value = head[at + 16 : head.index(b"\r\n", at + 1)].strip(b" \t")
+            if not value.isdigit():
+                raise ProtocolError("invalid Content-Length")
         request_line = head[:line_end]
         if b"  " in request_line:
             # Runs of spaces between the words are accepted (RFC 9112 section 3), as llhttp does.

@@ -18,12 +18,15 @@ HTTP/2+ and HTTP/0.x, HTTP/1.2+ served as HTTP/1.1.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import httptools
 
 from asgiserve.protocols.errors import ProtocolError
 from asgiserve.protocols.http11 import RequestHead, RequestSink, build_request_head
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class HttptoolsParser:
@@ -69,6 +72,7 @@ class HttptoolsParser:
 
     def feed(self, data: bytes) -> None:
         was_in_head = self.in_head
+        held = self._head_bytes
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -78,20 +82,22 @@ class HttptoolsParser:
                 raise exc.__context__ from None
             raise  # a bug in the sink: let the connection log it
         except httptools.HttpParserInvalidMethodError as exc:
+            # llhttp lumps unknown methods and garbage together; tell them apart as h11 does:
+            # a well-formed token is a method we do not implement (501), anything else is 400.
+            method = data.lstrip(b"\r\n").partition(b" ")[0]
+            if was_in_head or not _TOKEN.fullmatch(method):
+                raise ProtocolError("malformed request line") from exc
             raise ProtocolError("unknown method", HTTPStatus.NOT_IMPLEMENTED) from exc
         except httptools.HttpParserError as exc:
             raise ProtocolError(str(exc) or "malformed request") from exc
-        if self.in_head:
-            # Bytes held for a head that is still incomplete: the callbacks count completed
-            # pieces precisely; after the first read, whole reads count (they are all head).
-            self._head_bytes = self._head_bytes + len(data) if was_in_head else self._estimate()
+        if self.in_head and was_in_head:
+            # llhttp holds a partial header line without calling us back, so while a head is
+            # incomplete, count whole reads (they are all head bytes after the first).
+            self._head_bytes = held + len(data)
             if self._head_bytes > self._max_head:
                 raise ProtocolError(
                     "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
                 )
-
-    def _estimate(self) -> int:
-        return len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) + 16
 
     def _after_upgrade_request(self, rest: bytes) -> None:
         # llhttp skipped any body of the request it thought was switching protocols. We do not
@@ -111,11 +117,12 @@ class HttptoolsParser:
         self._headers = []
         self._head_bytes = 0
 
-    def on_url(self, url: bytes) -> None:
-        url = self._url + url if self._url else url
+    def on_url(self, piece: bytes) -> None:
+        url = self._url + piece if self._url else piece
         if len(url) > self._max_request_line:
             raise ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
         self._url = url
+        self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
@@ -125,6 +132,11 @@ class HttptoolsParser:
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             )
         headers.append((name.lower(), value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise ProtocolError(
+                "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+            )
 
     def on_headers_complete(self) -> None:
         self.in_head = False

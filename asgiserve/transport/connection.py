@@ -163,12 +163,10 @@ class HTTP11Connection(asyncio.Protocol):
         self._wake_drain_waiters()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: there will be no further requests. Keep the socket open for
-        # the response to the current one, if any (return True), otherwise close.
-        if self.active is None and not self.queue:
-            return None
-        self.keep_alive = False
-        return True
+        # A client that shuts down its sending side has, for HTTP/1.1 in practice, gone away:
+        # let the transport close so that a waiting app sees http.disconnect now rather than
+        # when a write finally fails.
+        return None
 
     def pause_writing(self) -> None:
         self.writing_paused = True
