@@ -161,6 +161,7 @@ class CLIServer:
     process: subprocess.Popen[str]
     address: str
     lines: list[str]
+    pump: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -174,18 +175,34 @@ class CLIServer:
         self.process.send_signal(sig)
 
     def wait(self, timeout: float = 15) -> int:
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._finish()
+        return code
 
     def output(self) -> str:
-        """Everything the server logged so far (stderr), once it has exited."""
-        self._drain()
+        """Everything the server logged so far (stderr); complete once it has exited."""
+        if self.process.poll() is not None:
+            self._finish()
         return "".join(self.lines)
 
-    def _drain(self) -> None:
-        if self.process.poll() is not None and self.process.stderr is not None:
-            rest = self.process.stderr.read()
-            if rest:
-                self.lines.append(rest)
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, wait (kill if it hangs), and release the pipe."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._finish()
+        return code
+
+    def _finish(self) -> None:
+        if self.pump is not None:
+            self.pump.join(5)
+            self.pump = None
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.process.stderr.close()
 
 
 def _env() -> dict[str, str]:
@@ -200,7 +217,9 @@ def start_cli(
 ) -> CLIServer:
     """Start ``python -m asgiserve ARGS`` and wait for its "running on" line."""
     command = [sys.executable, "-m", "asgiserve", *args]
-    if not any(a.startswith("--port") or a in ("--uds", "--fd") for a in args):
+    if not any(a.startswith("--port") or a in ("--uds", "--fd") for a in args) and not (
+        env and "ASGISERVE_PORT" in env
+    ):
         command += ["--port", "0"]
     process = subprocess.Popen(
         command,
@@ -220,12 +239,14 @@ def start_cli(
         lines.append(line)
         match = _LISTENING.search(line)
         if match:
-            server = CLIServer(process, match.group(1), lines)
             # Keep reading stderr so the pipe never fills up and blocks the server.
-            threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
-            return server
+            pump = threading.Thread(target=_pump, args=(process, lines), daemon=True)
+            pump.start()
+            return CLIServer(process, match.group(1), lines, pump)
     process.kill()
     rest = process.stderr.read()
+    process.stderr.close()
+    process.wait()
     raise RuntimeError("server did not start:\n" + "".join(lines) + rest)
 
 
@@ -247,13 +268,7 @@ def cli() -> Iterator[Callable[..., CLIServer]]:
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM)
-            try:
-                server.process.wait(10)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
+        server.stop()
 
 
 # -- raw sockets -----------------------------------------------------------------------------
