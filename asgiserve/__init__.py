@@ -20,10 +20,10 @@ def run(app: str | Callable[..., Any], **options: Any) -> None:
     start.
     """
     from asgiserve.logging import configure_logging
-    from asgiserve.server import run_server
+    from asgiserve.supervisors import run as run_config
 
     config = Config.from_options(app, **options)
     configure_logging(config.log_level, access_log=config.access_log)
-    code = run_server(config)
+    code = run_config(config)
     if code:
         sys.exit(code)

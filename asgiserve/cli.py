@@ -57,6 +57,58 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Serve on this inherited socket file descriptor (systemd socket activation).",
 )
 @click.option(
+    "--bind",
+    "bind",
+    multiple=True,
+    metavar="ADDRESS",
+    help="Also listen here: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable). "
+    "With --bind, --uds or --fd, --host/--port are not used.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=_default("workers"),
+    # WEB_CONCURRENCY is the variable platforms (Heroku, Render, ...) set for this.
+    envvar=["ASGISERVE_WORKERS", "WEB_CONCURRENCY"],
+    show_default="$WEB_CONCURRENCY",
+    help="Run N worker processes under a supervisor (SIGHUP: rolling restart, "
+    "SIGTTIN/SIGTTOU: one more/less). Unset: the server runs in this one process.",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=_default("reload"),
+    help="Development: restart when files change (watchfiles if installed, else polling).",
+)
+@click.option(
+    "--reload-dir",
+    "reload_dirs",
+    multiple=True,
+    metavar="DIR",
+    help="Watch this directory (repeatable) [default: the app directory].",
+)
+@click.option(
+    "--reload-include",
+    "reload_includes",
+    multiple=True,
+    metavar="GLOB",
+    help="Also watch files matching this pattern (repeatable; *.py always).",
+)
+@click.option(
+    "--reload-exclude",
+    "reload_excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Ignore files and directories matching this pattern (repeatable; hidden ones, "
+    "__pycache__, node_modules, ... always).",
+)
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the server's PID to this file (removed at exit).",
+)
+@click.option(
     "--backlog",
     type=int,
     default=_default("backlog"),
@@ -76,6 +128,54 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=_default("http"),
     show_default=True,
     help="HTTP/1.1 parser.",
+)
+@click.option(
+    "--ws",
+    type=click.Choice(["auto", "none", "websockets"]),
+    default=_default("ws"),
+    show_default=True,
+    help="WebSocket support (none: upgrade requests are served as plain HTTP).",
+)
+@click.option(
+    "--ws-max-size",
+    type=int,
+    default=_default("ws_max_size"),
+    show_default=True,
+    help="Largest incoming WebSocket message in bytes, after decompression (1009 beyond).",
+)
+@click.option(
+    "--ws-max-queue",
+    type=int,
+    default=_default("ws_max_queue"),
+    show_default=True,
+    help="Incoming WebSocket messages queued for the app before reading pauses.",
+)
+@click.option(
+    "--ws-ping-interval",
+    type=float,
+    default=_default("ws_ping_interval"),
+    show_default=True,
+    help="Seconds between WebSocket keep-alive pings.",
+)
+@click.option(
+    "--ws-ping-timeout",
+    type=float,
+    default=_default("ws_ping_timeout"),
+    show_default=True,
+    help="Seconds to wait for a pong before closing the WebSocket (1011).",
+)
+@click.option(
+    "--ws-close-timeout",
+    type=float,
+    default=_default("ws_close_timeout"),
+    show_default=True,
+    help="Seconds to wait for the peer's close frame after ours.",
+)
+@click.option(
+    "--ws-per-message-deflate/--no-ws-per-message-deflate",
+    default=_default("ws_per_message_deflate"),
+    show_default=True,
+    help="Negotiate permessage-deflate compression.",
 )
 @click.option(
     "--lifespan",
@@ -161,6 +261,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Seconds in-flight requests get on shutdown.",
 )
 @click.option(
+    "--timeout-worker-healthcheck",
+    type=float,
+    default=_default("timeout_worker_healthcheck"),
+    show_default=True,
+    help="With --workers: seconds a worker's event loop may take to answer a health ping "
+    "before the worker is killed and replaced.",
+)
+@click.option(
     "--limit-concurrency",
     type=int,
     default=None,
@@ -172,7 +280,22 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     type=int,
     default=None,
     show_default=_show("limit_max_requests"),
-    help="Exit after serving this many requests.",
+    help="Exit after serving this many requests (with --workers: be replaced gracefully).",
+)
+@click.option(
+    "--limit-max-requests-jitter",
+    type=int,
+    default=_default("limit_max_requests_jitter"),
+    show_default=True,
+    help="Add a random 0..N to --limit-max-requests, per process, so workers recycle apart.",
+)
+@click.option(
+    "--limit-worker-memory",
+    type=int,
+    default=None,
+    metavar="MIB",
+    show_default=_show("limit_worker_memory"),
+    help="With --workers: replace a worker gracefully once its resident memory exceeds this.",
 )
 @click.option(
     "--limit-request-line",
@@ -206,7 +329,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 def main(app: str, **options: Any) -> None:
     """Serve the ASGI application APP, given as "module:attribute" (e.g. main:app)."""
     from asgiserve.logging import configure_logging
-    from asgiserve.server import run_server
+    from asgiserve.supervisors import run
 
     options["headers"] = list(options["headers"])
     try:
@@ -214,5 +337,5 @@ def main(app: str, **options: Any) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(config.log_level, access_log=config.access_log)
-    code = run_server(config)
+    code = run(config)
     sys.exit(code)

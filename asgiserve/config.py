@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["DEFAULTS", "Config", "ConfigError", "Limits", "Timeouts"]
+from asgiserve.transport.binding import parse_bind
+
+__all__ = ["DEFAULTS", "Config", "ConfigError", "Limits", "Reload", "Timeouts", "WebSocket"]
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 HTTPChoice = Literal["auto", "httptools", "h11"]
+WSChoice = Literal["auto", "none", "websockets"]
 LifespanChoice = Literal["auto", "on", "off"]
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -37,6 +40,9 @@ class Timeouts:
     request_head: float = 10.0
     #: On shutdown, how long in-flight requests may take before they are cancelled.
     graceful_shutdown: float = 30.0
+    #: With workers: a worker whose event loop does not answer the supervisor's health ping
+    #: within this many seconds is killed and replaced.
+    worker_healthcheck: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +51,13 @@ class Limits:
 
     #: 503 beyond this many open connections or running requests.
     concurrency: int | None = None
-    #: Exit cleanly after serving this many requests.
+    #: Exit cleanly after serving this many requests (with workers: be replaced gracefully).
     max_requests: int | None = None
+    #: Add a random 0..N to ``max_requests``, drawn once per process, so that workers started
+    #: together are not all recycled at the same moment.
+    max_requests_jitter: int = 0
+    #: With workers: replace a worker gracefully once its resident memory exceeds this (MiB).
+    worker_memory: int | None = None
     #: Bytes in the request line (414 beyond).
     request_line: int = 8192
     #: Bytes in the request head: request line and header section (431 beyond).
@@ -55,9 +66,44 @@ class Limits:
     request_fields: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocket:
+    """WebSocket limits and timers. CLI flags: ``--ws-<field>``."""
+
+    #: Largest incoming message in bytes, after decompression (1009 beyond).
+    max_size: int = 16 * 1024 * 1024
+    #: Incoming messages queued for the app before reading pauses.
+    max_queue: int = 32
+    #: Seconds between keep-alive pings.
+    ping_interval: float = 20.0
+    #: Seconds to wait for a ping's pong before closing the connection (1011).
+    ping_timeout: float = 20.0
+    #: Seconds to wait for the peer's close frame after ours before dropping the connection.
+    close_timeout: float = 10.0
+    #: Negotiate permessage-deflate compression (RFC 7692).
+    per_message_deflate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What ``--reload`` watches. CLI flags: ``--reload-dir``, ``--reload-include``,
+    ``--reload-exclude`` (all repeatable)."""
+
+    #: Directories to watch; none given: the app directory (``--app-dir``).
+    dirs: tuple[str, ...] = ()
+    #: Glob patterns of file names to watch, in addition to ``*.py``.
+    includes: tuple[str, ...] = ()
+    #: Glob patterns of file or directory names to ignore, in addition to the defaults
+    #: (hidden files and directories, ``__pycache__``, ``*.py[cod]``, editor backups, ...).
+    excludes: tuple[str, ...] = ()
+
+
 _GROUPS: dict[str, tuple[str, type[Any]]] = {
     "timeout_": ("timeouts", Timeouts),
     "limit_": ("limits", Limits),
+    "ws_": ("websocket", WebSocket),
+    # The group is ``reloader`` because ``reload`` is the top-level switch (``--reload``).
+    "reload_": ("reloader", Reload),
 }
 
 
@@ -72,6 +118,8 @@ class Config:
     backlog: int = 2048
     loop: LoopChoice = "auto"
     http: HTTPChoice = "auto"
+    #: WebSocket support: ``auto`` (when ``websockets`` is installed), ``websockets``, ``none``.
+    ws: WSChoice = "auto"
     lifespan: LifespanChoice = "auto"
     root_path: str = ""
     factory: bool = False
@@ -83,8 +131,19 @@ class Config:
     date_header: bool = True
     #: Extra response headers as ``(name, value)`` pairs (``--header NAME:VALUE``).
     headers: tuple[tuple[str, str], ...] = ()
+    #: Extra listeners, each ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH`` or ``fd://N``; with
+    #: any of these (or ``uds``/``fd``) ``host``/``port`` are not used.
+    bind: tuple[str, ...] = ()
+    #: Run this many worker processes under a supervisor; None: serve in this one process.
+    workers: int | None = None
+    #: Development: restart the server when a watched file changes (see ``reloader``).
+    reload: bool = False
+    #: Write the server's PID here at start, remove it at exit.
+    pid_file: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    websocket: WebSocket = field(default_factory=WebSocket)
+    reloader: Reload = field(default_factory=Reload)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -107,6 +166,11 @@ class Config:
                 top[key] = value
         if "headers" in top:
             top["headers"] = tuple(parse_header(h) for h in top["headers"])
+        if "bind" in top:
+            top["bind"] = _strings(top["bind"])
+        for name in ("dirs", "includes", "excludes"):
+            if name in grouped["reloader"]:
+                grouped["reloader"][name] = _strings(grouped["reloader"][name])
         for prefix, (group, group_cls) in _GROUPS.items():
             del prefix
             top[group] = group_cls(**grouped[group])
@@ -168,6 +232,7 @@ def _validate(config: Config) -> None:
     for name, allowed in (
         ("loop", ("auto", "asyncio", "uvloop")),
         ("http", ("auto", "httptools", "h11")),
+        ("ws", ("auto", "none", "websockets")),
         ("lifespan", ("auto", "on", "off")),
         ("log_level", LOG_LEVELS),
     ):
@@ -190,7 +255,54 @@ def _validate(config: Config) -> None:
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
     for name in ("request_line", "request_head", "request_fields"):
         _positive(f"limit_{name}", getattr(limits, name))
+    websocket = config.websocket
+    for name in ("max_size", "max_queue", "ping_interval", "ping_timeout", "close_timeout"):
+        _positive(f"ws_{name}", getattr(websocket, name))
     if limits.request_line > limits.request_head:
         raise ConfigError("limit_request_line cannot exceed limit_request_head")
     for header in config.headers:
         parse_header(header)
+    _validate_process_model(config)
+
+
+def _strings(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A repeatable option's values as a tuple (a lone string is one value, not characters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _validate_process_model(config: Config) -> None:
+    """Listeners, workers, reload, recycling: the options the supervisors act on."""
+    for address in config.bind:
+        try:
+            parse_bind(address)
+        except ValueError as exc:
+            raise ConfigError(f"bind {address!r}: {exc}") from None
+    workers = config.workers
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
+    if (workers is not None or config.reload) and not isinstance(config.app, str):
+        # Worker processes import the app themselves; an app object cannot cross into them.
+        option = "reload" if config.reload else "workers"
+        raise ConfigError(
+            f"{option} needs the app as an import string 'module:attr' (each worker process "
+            "imports it), not an app object"
+        )
+    if config.reload and workers is not None and workers > 1:
+        raise ConfigError("reload runs a single worker: it cannot be combined with workers > 1")
+    limits = config.limits
+    jitter = limits.max_requests_jitter
+    if isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0:
+        raise ConfigError(f"limit_max_requests_jitter must be a whole number >= 0, got {jitter!r}")
+    if jitter and limits.max_requests is None:
+        raise ConfigError("limit_max_requests_jitter needs limit_max_requests")
+    _positive("limit_worker_memory", limits.worker_memory, allow_none=True)
+    if limits.worker_memory is not None and workers is None:
+        raise ConfigError(
+            "limit_worker_memory needs workers: the supervisor is what replaces a worker"
+        )
+    for name in ("dirs", "includes", "excludes"):
+        values = getattr(config.reloader, name)
+        if not isinstance(values, tuple) or not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(f"reload_{name} must be a list of non-empty strings")

@@ -29,6 +29,7 @@ __all__ = [
     "parser_factory",
     "resolve_http",
     "resolve_loop",
+    "resolve_ws",
 ]
 
 INSTALL_HINT = "install it with: pip install 'asgiserve[standard]'"
@@ -159,6 +160,21 @@ def parser_factory(
         parser_class, max_request_line=max_request_line, max_head=max_head, max_fields=max_fields
     )
     return factory
+
+
+def resolve_ws(choice: str) -> str:
+    """``auto`` means websockets when installed, else ``none`` (upgrades served as HTTP)."""
+    if choice in ("auto", "websockets"):
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            if choice == "websockets":
+                raise LoadError(
+                    f"--ws websockets: websockets is not installed; {INSTALL_HINT}"
+                ) from None
+            return "none"
+        return "websockets"
+    return "none"
 
 
 def resolve_loop(choice: str) -> str:

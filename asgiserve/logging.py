@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from asgiserve.asgi.http import HTTPCycle
+    from asgiserve.asgi.types import Scope
 
-__all__ = ["TRACE", "configure_logging", "escape", "make_access_log"]
+__all__ = ["TRACE", "AccessLog", "configure_logging", "escape", "make_access_log"]
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -77,14 +76,17 @@ def escape(text: str) -> str:
     )
 
 
-def make_access_log(clock: Callable[[], float]) -> Callable[[HTTPCycle, float], None] | None:
-    """An access-log callback for connections, or None when access logging is off."""
+AccessLog = Callable[["Scope", int, int, float], None]
+
+
+def make_access_log(clock: Callable[[], float]) -> AccessLog | None:
+    """An access-log callback ``(scope, status, body_bytes, started_at)`` for connections, or
+    None when access logging is off."""
     logger = logging.getLogger("asgiserve.access")
     if not logger.isEnabledFor(logging.INFO):
         return None
 
-    def log_access(cycle: HTTPCycle, started_at: float) -> None:
-        scope = cycle.scope
+    def log_access(scope: Scope, status: int, body_bytes: int, started_at: float) -> None:
         client = scope.get("client")
         where = f"{client[0]}:{client[1]}" if client else "-"
         target = scope["raw_path"].decode("latin-1")
@@ -93,16 +95,13 @@ def make_access_log(clock: Callable[[], float]) -> Callable[[HTTPCycle, float], 
         logger.info(
             '%s - "%s %s HTTP/%s" %d %d %.1fms',
             where,
-            scope["method"],
+            scope.get("method", "GET"),
             escape(target),
             scope["http_version"],
-            cycle.status,
-            cycle.bytes_sent,
+            status,
+            body_bytes,
             (clock() - started_at) * 1000.0,
         )
 
     return log_access
 
-
-def now() -> float:
-    return time.monotonic()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -25,16 +26,24 @@ from asgiserve.loading import (
     parser_factory,
     resolve_http,
     resolve_loop,
+    resolve_ws,
 )
 from asgiserve.logging import make_access_log
-from asgiserve.transport.binding import BindError, bind_fd, bind_tcp, bind_unix, describe
+from asgiserve.transport.binding import (
+    BindError,
+    bind_listeners,
+    describe,
+    plan_listeners,
+    release_listeners,
+)
 from asgiserve.transport.connection import HTTP11Connection
 from asgiserve.transport.state import ServerState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from asgiserve.asgi.types import ASGIApp
+    from asgiserve.transport.binding import Listener
 
 logger = logging.getLogger("asgiserve.error")
 
@@ -42,6 +51,10 @@ __all__ = ["EXIT_STARTUP_FAILURE", "Server", "StartupFailure"]
 
 #: Exit status when the server could not start (bind failed, lifespan startup failed, ...).
 EXIT_STARTUP_FAILURE = 3
+
+#: Seconds idle keep-alive connections stay open on shutdown, so a request already on its way
+#: is answered (with ``connection: close``) rather than cut off.
+IDLE_CONNECTION_GRACE = 0.5
 
 
 class StartupFailure(Exception):
@@ -53,8 +66,33 @@ class StartupFailure(Exception):
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    """One server process.
+
+    A worker under a supervisor (:mod:`asgiserve.supervisors`) passes two hooks:
+    ``on_started`` runs on the event loop once the listeners accept (the supervisor announces
+    the listeners, so the worker does not print its own "running on" lines), and
+    ``on_max_requests`` replaces the default exit when ``--limit-max-requests`` is reached, so
+    that the supervisor can start a replacement before this worker drains.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_started: Callable[[], None] | None = None,
+        on_max_requests: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self._on_started = on_started
+        self._on_max_requests_hook = on_max_requests
+        limits = config.limits
+        # The jitter is drawn once per server: workers started together (or the replicas of a
+        # deployment) then reach their limits at different moments, not all at once.
+        self._max_requests = (
+            None
+            if limits.max_requests is None
+            else limits.max_requests + random.randint(0, limits.max_requests_jitter)  # noqa: S311
+        )
         self.should_exit = asyncio.Event() if _has_running_loop() else None
         self.force_exit = False
         self.started = False
@@ -91,6 +129,7 @@ class Server:
             if config.env_file:
                 load_env_file(config.env_file)
             app = load_app(config)
+            ws_enabled = resolve_ws(config.ws) == "websockets"
             factory = parser_factory(
                 config.http,
                 max_request_line=config.limits.request_line,
@@ -116,7 +155,7 @@ class Server:
                 await lifespan.startup()
             except LifespanFailure as exc:
                 raise StartupFailure(f"Application startup failed: {exc}") from exc
-            state = self.state = self._make_state(app, loop, factory, lifespan_state)
+            state = self.state = self._make_state(app, loop, factory, lifespan_state, ws_enabled)
             self._tick()
             for sock in self.sockets:
                 server = await loop.create_server(
@@ -125,6 +164,8 @@ class Server:
                 self._servers.append(server)
             self._log_started(loop)
             self.started = True
+            if self._on_started is not None:
+                self._on_started()
             assert self.should_exit is not None
             await self.should_exit.wait()
             await self._shutdown()
@@ -135,13 +176,14 @@ class Server:
             if own_sockets:
                 self._close_sockets()
 
-    def _bind(self) -> list[socket.socket]:
+    def _listeners(self) -> list[Listener]:
         config = self.config
-        if config.fd is not None:
-            return [bind_fd(config.fd)]
-        if config.uds:
-            return [bind_unix(config.uds)]
-        return [bind_tcp(config.host, config.port)]
+        return plan_listeners(
+            host=config.host, port=config.port, uds=config.uds, fd=config.fd, binds=config.bind
+        )
+
+    def _bind(self) -> list[socket.socket]:
+        return bind_listeners(self._listeners())
 
     def _make_state(
         self,
@@ -149,8 +191,22 @@ class Server:
         loop: asyncio.AbstractEventLoop,
         factory: Any,
         lifespan_state: dict[str, Any],
+        ws_enabled: bool,
     ) -> ServerState:
         config = self.config
+        websocket = None
+        if ws_enabled:
+            from asgiserve.transport.websocket import WebSocketSettings
+
+            ws = config.websocket
+            websocket = WebSocketSettings(
+                max_size=ws.max_size,
+                max_queue=ws.max_queue,
+                ping_interval=ws.ping_interval,
+                ping_timeout=ws.ping_timeout,
+                close_timeout=ws.close_timeout,
+                per_message_deflate=ws.per_message_deflate,
+            )
         return ServerState(
             app=app,
             loop=loop,
@@ -161,27 +217,38 @@ class Server:
             lifespan_state=lifespan_state,
             access_log=make_access_log(loop.time) if config.access_log else None,
             limit_concurrency=config.limits.concurrency,
-            limit_max_requests=config.limits.max_requests,
+            limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,
+            websocket=websocket,
         )
 
     def _log_started(self, loop: asyncio.AbstractEventLoop) -> None:
         loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         http = resolve_http(self.config.http)
+        ws = resolve_ws(self.config.ws)
+        if self._on_started is not None:
+            # A supervised worker: the supervisor announces the listeners, once for all workers.
+            logger.info(
+                "Worker %d serving (loop: %s, http: %s, ws: %s)", os.getpid(), loop_name, http, ws
+            )
+            return
         for sock in self.sockets:
             logger.info(
-                "asgiserve running on %s (loop: %s, http: %s, pid: %d) - press CTRL+C to quit",
+                "asgiserve running on %s (loop: %s, http: %s, ws: %s, pid: %d)"
+                " - press CTRL+C to quit",
                 describe(sock),
                 loop_name,
                 http,
+                ws,
                 os.getpid(),
             )
 
     def _on_max_requests(self) -> None:
-        if self.should_exit is not None and not self.should_exit.is_set():
+        if self._on_max_requests_hook is not None:
+            self._on_max_requests_hook()
+        elif self.should_exit is not None and not self.should_exit.is_set():
             logger.warning(
-                "Maximum request limit of %d reached: shutting down.",
-                self.config.limits.max_requests,
+                "Maximum request limit of %d reached: shutting down.", self._max_requests
             )
             self.exit()
 
@@ -217,11 +284,19 @@ class Server:
         for server in self._servers:
             server.close()
         state.draining = True
-        for connection in list(state.connections):
-            connection.shutdown()
         timeout = self.config.timeouts.graceful_shutdown
         loop = state.loop
         deadline = loop.time() + timeout
+        # A keep-alive client may be sending its next request on an idle connection right now;
+        # closing under it would fail that request (a client cannot tell whether it was
+        # processed). For a moment, such a request is still answered, with "connection: close"
+        # (``draining``), before idle connections are closed. Under a supervisor, this is what
+        # lets a busy client through a rolling restart without a single failed request.
+        grace = loop.time() + min(IDLE_CONNECTION_GRACE, timeout)
+        while state.connections and loop.time() < grace and not self.force_exit:
+            await asyncio.sleep(0.02)
+        for connection in list(state.connections):
+            connection.shutdown()
         if (state.connections or state.tasks) and not self.force_exit:
             logger.info(
                 "Waiting for %d connection(s) and %d request(s) to finish (up to %gs).",
@@ -246,12 +321,7 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
     def _close_sockets(self) -> None:
-        for sock in self.sockets:
-            if sock.family == socket.AF_UNIX and self.config.uds:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.config.uds)
-            if self.config.fd is None:
-                sock.close()
+        release_listeners(self.sockets, self._listeners())
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -292,15 +362,24 @@ def _has_running_loop() -> bool:
     return True
 
 
-def run_server(config: Config) -> int:
-    """Run a server in a new event loop until it exits; return the process exit code."""
+def run_server(
+    config: Config,
+    *,
+    sockets: Sequence[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+    on_max_requests: Callable[[], None] | None = None,
+) -> int:
+    """Run a server in a new event loop until it exits; return the process exit code.
+
+    A worker passes the sockets its supervisor bound, and the hooks described on :class:`Server`.
+    """
     loop_choice = resolve_loop(config.loop)
     from asgiserve.loading import new_event_loop
 
     loop = new_event_loop(loop_choice)
-    server = Server(config)
+    server = Server(config, on_started=on_started, on_max_requests=on_max_requests)
     try:
-        loop.run_until_complete(server.serve())
+        loop.run_until_complete(server.serve(sockets))
     except StartupFailure as exc:
         debug = logger.isEnabledFor(logging.DEBUG)
         logger.error("%s", exc, exc_info=exc.__cause__ if debug else None)

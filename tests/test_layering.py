@@ -40,7 +40,8 @@ def test_protocol_cores_are_sans_io(path: Path) -> None:
 @pytest.mark.parametrize("path", modules("asgi"), ids=lambda p: p.name)
 def test_asgi_layer_knows_no_wire_protocol(path: Path) -> None:
     bad = forbidden(
-        imports_of(path), ("asgiserve.protocols", "asgiserve.transport", "asgiserve.config", "click")
+        imports_of(path),
+        ("asgiserve.protocols", "asgiserve.transport", "asgiserve.config", "click"),
     )
     assert not bad, f"{path.name} imports {bad}"
 
@@ -52,3 +53,20 @@ def test_only_the_cli_imports_click() -> None:
         if path.name != "cli.py" and forbidden(imports_of(path), ("click",))
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("path", modules("supervisors"), ids=lambda p: p.name)
+def test_supervisors_know_no_protocol_and_never_load_the_app(path: Path) -> None:
+    # They take a Config and sockets; the app is imported in the workers only.
+    bad = forbidden(
+        imports_of(path),
+        (
+            "asgiserve.protocols",
+            "asgiserve.asgi",
+            "asgiserve.loading",
+            "asgiserve.transport.connection",
+            "asgiserve.transport.websocket",
+            "click",
+        ),
+    )
+    assert not bad, f"{path.name} imports {bad}"

@@ -125,12 +125,14 @@ class HTTPCycle:
         "on_complete",
         "phase",
         "reading_paused",
+        "registry",
         "request_complete",
         "request_delivered",
         "response_headers",
         "scope",
         "sink",
         "status",
+        "task",
         "waiter",
     )
 
@@ -164,6 +166,10 @@ class HTTPCycle:
         self.waiter: asyncio.Future[None] | None = None
         #: Called once when the response is complete or aborted.
         self.on_complete = on_complete
+        #: The task running the app, when it outlived its first step, and the set of running
+        #: tasks it belongs to (for shutdown): run() takes it out when the app returns.
+        self.task: asyncio.Task[None] | None = None
+        self.registry: set[asyncio.Task[None]] | None = None
 
     # -- protocol side -------------------------------------------------------------------------
 
@@ -281,14 +287,15 @@ class HTTPCycle:
                 f"(got status {status})"
             )
         headers = message.get("headers", ())
+        if type(headers) is not list:
+            headers = list(headers)
         content_length: int | None = None
         flags = 0
-        checked: list[tuple[bytes, bytes]] = []
-        for header in headers:
-            name, value = header
-            if type(name) is not bytes or type(value) is not bytes:
-                name, value = _coerce_header(name, value)
-            watched = _WATCHED_HEADERS.get(name.lower())
+        watched_headers = _WATCHED_HEADERS
+        # Names and values must be bytes; a str slips through here but fails loudly when the
+        # head is serialised, before anything is written.
+        for name, value in headers:
+            watched = watched_headers.get(name.lower())
             if watched is not None:
                 if watched == _CONTENT_LENGTH:
                     if not value.isdigit() or content_length is not None:
@@ -296,9 +303,8 @@ class HTTPCycle:
                     content_length = int(value)
                 else:
                     flags |= watched
-            checked.append((name, value))
         self.status = status
-        self.response_headers = checked
+        self.response_headers = headers
         self.content_length = content_length
         self.header_flags = flags
         self.body_allowed = not (self.head_request or status in _NO_BODY_STATUSES)
@@ -331,6 +337,7 @@ class HTTPCycle:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             self._abort_if_unfinished()
+            self._unregister()
             raise
         except BaseException as exc:
             if isinstance(exc, ClientDisconnected) and self.disconnected:
@@ -339,6 +346,7 @@ class HTTPCycle:
                 logger.error("Exception in ASGI application", exc_info=exc)
                 self._fail("app raised")
             if not isinstance(exc, Exception):
+                self._unregister()
                 raise
         else:
             if self.phase is not Phase.DONE:
@@ -347,6 +355,15 @@ class HTTPCycle:
                 else:
                     logger.error("ASGI application returned without completing the response")
                 self._fail("incomplete response")
+        self._unregister()
+
+    def _unregister(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            registry = self.registry
+            if registry is not None:
+                registry.discard(task)
 
     def _fail(self, why: str) -> None:
         phase = self.phase
@@ -372,12 +389,3 @@ class HTTPCycle:
             self.sink.abort()
             self._complete()
 
-
-def _coerce_header(name: Any, value: Any) -> tuple[bytes, bytes]:
-    if isinstance(name, str):
-        name = name.encode("latin-1")
-    if isinstance(value, str):
-        value = value.encode("latin-1")
-    if not isinstance(name, (bytes, bytearray)) or not isinstance(value, (bytes, bytearray)):
-        raise TypeError("Response header names and values must be bytes")
-    return bytes(name), bytes(value)

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 from asgiserve.asgi.types import ASGI_VERSION, Scope
 
-__all__ = ["ConnectionInfo", "decode_path", "http_scope"]
+__all__ = ["ConnectionInfo", "decode_path", "http_scope", "websocket_scope"]
 
 
 class ConnectionInfo:
@@ -73,4 +73,41 @@ def http_scope(
         "server": info.server,
         "state": state.copy() if state else {},
         "extensions": info.extensions.copy() if info.extensions else {},
+    }
+
+
+def websocket_scope(
+    info: ConnectionInfo,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> Scope:
+    root_path = info.root_path
+    path = decode_path(raw_path)
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    subprotocols = [
+        token.strip().decode("latin-1")
+        for name, value in headers
+        if name == b"sec-websocket-protocol"
+        for token in value.split(b",")
+        if token.strip()
+    ]
+    state = info.state
+    return {
+        "type": "websocket",
+        "asgi": ASGI_VERSION,
+        "http_version": "1.1",
+        "scheme": "wss" if info.scheme == "https" else "ws",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": headers,
+        "client": info.client,
+        "server": info.server,
+        "subprotocols": subprotocols,
+        "state": state.copy() if state else {},
+        "extensions": {"websocket.http.response": {}},
     }

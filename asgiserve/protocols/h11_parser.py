@@ -37,6 +37,7 @@ class H11Parser:
         "_max_head",
         "_max_request_line",
         "_sink",
+        "_switching",
         "in_head",
     )
 
@@ -55,10 +56,12 @@ class H11Parser:
         self._buffer = b""
         self._conn: h11.Connection | None = None
         self.in_head = False
+        # Set when the sink switches protocols after the current request: parsing stops.
+        self._switching = False
 
     def feed(self, data: bytes) -> None:
         try:
-            while data:
+            while data and not self._switching:
                 if self._conn is None:
                     data = self._feed_head(data)
                 else:
@@ -160,6 +163,9 @@ class H11Parser:
                 sink.on_request_end()
                 self._conn = None
                 rest, _closed = conn.trailing_data
+                if self._switching:
+                    sink.on_upgrade(bytes(rest))
+                    return b""
                 return bytes(rest)
             else:  # NEED_DATA; PAUSED and ConnectionClosed cannot precede EndOfMessage
                 if getattr(conn, "_reader", None) is not None and conn.their_state is h11.SEND_BODY:
@@ -184,4 +190,4 @@ class H11Parser:
             list(event.headers),
             max_fields=self._max_fields,
         )
-        self._sink.on_request(head)
+        self._switching = bool(self._sink.on_request(head)) and head.upgrade is not None

@@ -116,9 +116,14 @@ class RequestHead:
 class RequestSink(Protocol):
     """What a parser backend reports to; the HTTP/1.1 connection implements it."""
 
-    def on_request(self, head: RequestHead) -> None: ...
+    def on_request(self, head: RequestHead) -> bool | None:
+        """A request head arrived. Return True to switch protocols after it (an upgrade): the
+        parser then stops and passes on whatever follows via :meth:`on_upgrade`."""
+
     def on_body(self, data: bytes) -> None: ...
     def on_request_end(self) -> None: ...
+    def on_upgrade(self, rest: bytes) -> None:
+        """The bytes after an upgrade request whose switch :meth:`on_request` asked for."""
 
 
 def _split_tokens(values: list[bytes]) -> list[bytes]:
@@ -165,6 +170,18 @@ def _split_target(method: str, target: bytes) -> tuple[bytes, bytes]:
     raise ProtocolError("request target is not in origin-form")
 
 
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _UPGRADE = range(6)
+# The request headers that decide framing and persistence: one dict lookup per header.
+_FRAMING_HEADERS = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+}
+
+
 def build_request_head(
     method: str,
     target: bytes,
@@ -192,27 +209,31 @@ def build_request_head(
     connection: list[bytes] | None = None
     expect: bytes | None = None
     upgrade: bytes | None = None
+    framing_headers = _FRAMING_HEADERS
     for name, value in headers:
-        if name == b"host":
+        kind = framing_headers.get(name)
+        if kind is None:
+            continue
+        if kind == _HOST:
             hosts += 1
-        elif name == b"content-length":
+        elif kind == _CONTENT_LENGTH:
             if content_lengths is None:
                 content_lengths = [value]
             else:
                 content_lengths.append(value)
-        elif name == b"transfer-encoding":
+        elif kind == _TRANSFER_ENCODING:
             if transfer_encodings is None:
                 transfer_encodings = [value]
             else:
                 transfer_encodings.append(value)
-        elif name == b"connection":
+        elif kind == _CONNECTION:
             if connection is None:
                 connection = [value]
             else:
                 connection.append(value)
-        elif name == b"expect":
+        elif kind == _EXPECT:
             expect = value
-        elif name == b"upgrade":
+        else:
             upgrade = value
 
     # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
@@ -301,25 +322,23 @@ def encode_response_head(
     headers: Iterable[tuple[bytes, bytes]],
     default_headers: bytes,
     framing: bytes,
+    body: bytes = b"",
 ) -> bytes:
-    """Serialise a response head.
+    """Serialise a response head, followed by ``body`` (already framed) for a single write.
 
     ``default_headers`` is the already-encoded server/date block (ending in CRLF, may be
     empty); ``framing`` the already-encoded framing and connection headers plus the final CRLF.
     """
-    parts = [status_line(status), default_headers]
-    count = 0
+    parts: list[bytes] = []
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-        count += 1
-    parts.append(framing)
-    head = b"".join(parts)
-    # One CRLF per header we added, plus the status line, the default block and the framing
-    # block; anything more means a name or value smuggled in a line break.
-    expected = count + 1 + default_headers.count(b"\n") + framing.count(b"\n")
-    if head.count(b"\n") != expected or head.count(b"\r") != expected:
+    app_headers = b"".join(parts)
+    # Exactly one CRLF per header: anything more means a name or value smuggled in a line
+    # break (response splitting).
+    lines = len(parts) >> 2
+    if app_headers.count(b"\n") != lines or app_headers.count(b"\r") != lines:
         raise InvalidResponseHeader("response header name or value contains CR or LF")
-    return head
+    return b"".join((status_line(status), default_headers, app_headers, framing, body))
 
 
 def encode_chunk(data: bytes) -> bytes:

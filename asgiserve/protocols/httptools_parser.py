@@ -41,6 +41,7 @@ class HttptoolsParser:
         "_max_request_line",
         "_parser",
         "_sink",
+        "_switching",
         "_url",
         "in_head",
     )
@@ -61,6 +62,8 @@ class HttptoolsParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._head: RequestHead | None = None
+        # Set when the sink switches protocols after the current request: parsing stops.
+        self._switching = False
         #: True while the bytes of a request head are arriving (for the head timeout).
         self.in_head = False
         self._parser = self._new_parser()
@@ -71,6 +74,8 @@ class HttptoolsParser:
         return parser
 
     def feed(self, data: bytes) -> None:
+        if self._switching:
+            return
         was_in_head = self.in_head
         held = self._head_bytes
         try:
@@ -90,10 +95,11 @@ class HttptoolsParser:
             raise ProtocolError("unknown method", HTTPStatus.NOT_IMPLEMENTED) from exc
         except httptools.HttpParserError as exc:
             raise ProtocolError(str(exc) or "malformed request") from exc
-        if self.in_head and was_in_head:
-            # llhttp holds a partial header line without calling us back, so while a head is
-            # incomplete, count whole reads (they are all head bytes after the first).
-            self._head_bytes = held + len(data)
+        if self.in_head:
+            if was_in_head:
+                # llhttp holds a partial header line without calling us back, so while a head
+                # is incomplete, count whole reads (they are all head bytes after the first).
+                self._head_bytes = held + len(data)
             if self._head_bytes > self._max_head:
                 raise ProtocolError(
                     "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -102,6 +108,9 @@ class HttptoolsParser:
     def _after_upgrade_request(self, rest: bytes) -> None:
         # llhttp skipped any body of the request it thought was switching protocols. We do not
         # switch, so a body would now be misread as the next request: stop reading instead.
+        if self._switching:
+            self._sink.on_upgrade(rest)
+            return
         head = self._head
         self._parser = self._new_parser()
         if head is not None and head.has_body:
@@ -125,21 +134,17 @@ class HttptoolsParser:
         self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if len(headers) >= self._max_fields:
-            raise ProtocolError(
-                f"more than {self._max_fields} header fields",
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-            )
-        headers.append((name.lower(), value))
+        # The field count is checked once the head is complete (build_request_head); memory
+        # is bounded by the byte count meanwhile, checked after each read.
+        self._headers.append((name.lower(), value))
         self._head_bytes += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
         if self._head_bytes > self._max_head:
             raise ProtocolError(
                 "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
             )
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
         parser = self._parser
         head = build_request_head(
             parser.get_method().decode("ascii"),
@@ -149,7 +154,7 @@ class HttptoolsParser:
             max_fields=self._max_fields,
         )
         self._head = head
-        self._sink.on_request(head)
+        self._switching = bool(self._sink.on_request(head)) and head.upgrade is not None
 
     def on_body(self, body: bytes) -> None:
         self._sink.on_body(body)

@@ -1,4 +1,11 @@
-"""Creating the listening sockets: TCP (IPv4/IPv6), a unix socket, or an inherited fd."""
+"""Creating the listening sockets: TCP (IPv4/IPv6), a unix socket, or an inherited fd.
+
+A server may listen in several places at once. :func:`plan_listeners` turns the options
+(``--host/--port``, ``--uds``, ``--fd`` and any number of ``--bind``) into a list of
+:class:`Listener` descriptions, :func:`bind_listeners` creates the sockets (all or none), and
+:func:`release_listeners` closes them and removes the unix socket files it created. A supervisor
+binds once and hands the same sockets to every worker.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,22 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["BindError", "bind_fd", "bind_tcp", "bind_unix", "describe"]
+__all__ = [
+    "BindError",
+    "Listener",
+    "bind_fd",
+    "bind_listeners",
+    "bind_tcp",
+    "bind_unix",
+    "describe",
+    "parse_bind",
+    "plan_listeners",
+    "release_listeners",
+]
 
 
 class BindError(OSError):
@@ -76,3 +97,89 @@ def describe(sock: socket.socket, scheme: str = "http") -> str:
     if sock.family == socket.AF_UNIX:
         return f"unix:{address}"
     return f"{scheme}://{_format(sock.family, address[0], address[1])}"
+
+
+# -- several listeners ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where to listen: a TCP address, a unix socket path, or an inherited file descriptor."""
+
+    kind: Literal["tcp", "unix", "fd"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+
+def parse_bind(address: str) -> Listener:
+    """Parse a ``--bind`` value: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH`` or ``fd://N``.
+
+    Raises :class:`ValueError` with a message for the user.
+    """
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise ValueError("expected unix:PATH")
+        return Listener("unix", path=path)
+    if address.startswith("fd://"):
+        number = address[len("fd://") :]
+        if not number.isdigit():
+            raise ValueError("expected fd://N with N a file descriptor number")
+        return Listener("fd", fd=int(number))
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or not rest.startswith(":") or ":" not in host:
+            raise ValueError("expected [IPV6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host or ":" in host:
+            # A bare IPv6 address is ambiguous ("::1:8000"): RFC 3986 brackets are required.
+            raise ValueError("expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port_text!r}")
+    return Listener("tcp", host=host, port=int(port_text))
+
+
+def plan_listeners(
+    *, host: str, port: int, uds: str | None, fd: int | None, binds: Sequence[str]
+) -> list[Listener]:
+    """Every listener the options ask for. ``host``/``port`` count only when neither ``uds``,
+    ``fd`` nor any ``bind`` is given (they have defaults, so they cannot mean "also here")."""
+    listeners = [parse_bind(address) for address in binds]
+    if uds:
+        listeners.insert(0, Listener("unix", path=uds))
+    if fd is not None:
+        listeners.insert(0, Listener("fd", fd=fd))
+    return listeners or [Listener("tcp", host=host, port=port)]
+
+
+def bind_listeners(listeners: Sequence[Listener]) -> list[socket.socket]:
+    """Create a socket for each listener; if one fails, close those already made and raise."""
+    sockets: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            if listener.kind == "fd":
+                sockets.append(bind_fd(listener.fd))
+            elif listener.kind == "unix":
+                sockets.append(bind_unix(listener.path))
+            else:
+                sockets.append(bind_tcp(listener.host, listener.port))
+    except BindError:
+        release_listeners(sockets, listeners[: len(sockets)])
+        raise
+    return sockets
+
+
+def release_listeners(sockets: Sequence[socket.socket], listeners: Sequence[Listener]) -> None:
+    """Close what :func:`bind_listeners` made and remove its unix socket files. Inherited
+    descriptors are left open: they belong to whoever passed them (systemd, a test)."""
+    for sock, listener in zip(sockets, listeners, strict=True):
+        if listener.kind == "fd":
+            continue
+        if listener.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(listener.path)
+        sock.close()

@@ -182,6 +182,8 @@ class HTTP11Connection(asyncio.Protocol):
             self.parser.feed(data)
         except ProtocolError as exc:
             self._on_protocol_error(exc)
+        if self.closing:  # set by the parser's callbacks: mypy cannot know
+            return  # type: ignore[unreachable]  # an error closed us, or a WebSocket took over
         if self.active is None:
             if self.queue:
                 self._run_queue()
@@ -193,11 +195,20 @@ class HTTP11Connection(asyncio.Protocol):
 
     # -- parser sink ---------------------------------------------------------------------------
 
-    def on_request(self, head: RequestHead) -> None:
+    def on_request(self, head: RequestHead) -> bool | None:
         state = self.state
         state.total_requests += 1
         info = self.info
         assert info is not None
+        if (
+            head.upgrade == b"websocket"
+            and state.websocket is not None
+            and self.active is None
+            and not self.queue
+        ):
+            # Switch protocols once the parser has the request; see on_upgrade.
+            self.active_head = head
+            return True
         scope = http_scope(
             info, head.method, head.http_version, head.path, head.query, head.headers
         )
@@ -216,6 +227,21 @@ class HTTP11Connection(asyncio.Protocol):
             on_max = state.on_max_requests
             if on_max is not None:
                 on_max()
+        return None
+
+    def on_upgrade(self, rest: bytes) -> None:
+        """Hand the transport to a WebSocket connection, with the bytes after the request."""
+        from asgiserve.transport.websocket import WebSocketConnection
+
+        head, transport, settings = self.active_head, self.transport, self.state.websocket
+        assert head is not None and transport is not None and settings is not None
+        assert self.info is not None
+        self.closing = True  # this object is done with the transport
+        self.deadline = 0.0
+        self.state.connections.discard(self)
+        websocket = WebSocketConnection(self.state, settings, transport)
+        transport.set_protocol(websocket)
+        websocket.start(head, self.info, rest)
 
     def on_body(self, data: bytes) -> None:
         parsing = self.parsing
@@ -267,9 +293,10 @@ class HTTP11Connection(asyncio.Protocol):
             app = _service_unavailable
         task = start_task(self.loop, cycle.run(app), self.context.copy())
         if not task.done():
-            tasks = state.tasks
+            # Tracked for shutdown; cycle.run() removes it when the app returns.
+            cycle.task = task
+            cycle.registry = tasks = state.tasks
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
 
     def _on_response_complete(self, cycle: HTTPCycle) -> None:
         if cycle is not self.active:
@@ -279,7 +306,7 @@ class HTTP11Connection(asyncio.Protocol):
         self.active_head = None
         access_log = self.state.access_log
         if access_log is not None:
-            access_log(cycle, self.started_at)
+            access_log(cycle.scope, cycle.status, cycle.bytes_sent, self.started_at)
         if self.closing:
             return
         if self.pending_error is not None:
@@ -358,17 +385,18 @@ class HTTP11Connection(asyncio.Protocol):
             framing += b"connection: keep-alive\r\n\r\n"
         else:
             framing += b"\r\n"
-        data = encode_response_head(cycle.status, cycle.response_headers, default_headers, framing)
         self.response_chunked = chunked
         self.response_close = close
         if chunked:
             if body:
-                data += encode_chunk(body)
+                body = encode_chunk(body)
             if not more_body:
-                data += LAST_CHUNK
-        elif body:
-            data += body
-        self._write(data)
+                body += LAST_CHUNK
+        self._write(
+            encode_response_head(
+                cycle.status, cycle.response_headers, default_headers, framing, body
+            )
+        )
 
     def _app_framing(
         self, cycle: HTTPCycle, close: bool, default_headers: bytes

@@ -9,9 +9,10 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from asgiserve.asgi.http import HTTPCycle
     from asgiserve.asgi.types import ASGIApp
+    from asgiserve.logging import AccessLog
     from asgiserve.protocols.http11 import RequestSink
+    from asgiserve.transport.websocket import WebSocketSettings
 
     class RequestParser:
         in_head: bool
@@ -70,10 +71,11 @@ class ServerState:
         head_timeout: float,
         root_path: str = "",
         lifespan_state: dict[str, Any] | None = None,
-        access_log: Callable[[HTTPCycle, float], None] | None = None,
+        access_log: AccessLog | None = None,
         limit_concurrency: int | None = None,
         limit_max_requests: int | None = None,
         on_max_requests: Callable[[], None] | None = None,
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -86,6 +88,8 @@ class ServerState:
         self.limit_concurrency = limit_concurrency
         self.limit_max_requests = limit_max_requests
         self.on_max_requests = on_max_requests
+        #: None when WebSocket support is off (``--ws none`` or no ``websockets`` package).
+        self.websocket = websocket
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()

@@ -1,0 +1,234 @@
+"""WebSocket (RFC 6455) on the ``websockets`` package's sans-I/O ``ServerProtocol``.
+
+Theory of operation
+-------------------
+The HTTP/1.1 core has already parsed the upgrade request, so the protocol object is created in
+the OPEN state (its parser goes straight to frames) and the handshake is computed from the
+parsed request with ``ServerProtocol.accept``: it validates the request and negotiates
+permessage-deflate. Subprotocol choice belongs to the ASGI app, so we add that header ourselves
+when the app accepts. Nothing is re-serialised and re-parsed.
+
+``websockets`` parses frames, enforces ``max_size`` from the frame header *before* buffering the
+payload and again while inflating (so a small compressed frame cannot inflate past the limit),
+answers pings and echoes close frames. What it leaves to its callers we do here: reassembling
+fragmented messages and validating UTF-8 in text messages (close code 1007).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+__all__ = ["Handshake", "Message", "WebSocketClosed", "WebSocketCore"]
+
+BytesLike = bytes | bytearray | memoryview
+
+
+class Message:
+    """A complete data message: ``text`` for text frames, ``data`` for binary ones."""
+
+    __slots__ = ("data", "text")
+
+    def __init__(self, text: str | None, data: bytes | None) -> None:
+        self.text = text
+        self.data = data
+
+
+class WebSocketClosed:
+    """The closing handshake completed or the connection failed; code and reason."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Handshake:
+    """The outcome of checking an upgrade request: a 101 to send later, or a refusal now."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 101
+
+
+class WebSocketCore:
+    """One WebSocket connection's protocol state: bytes in, messages out, bytes to send."""
+
+    def __init__(self, *, max_size: int, per_message_deflate: bool) -> None:
+        extensions = [ServerPerMessageDeflateFactory()] if per_message_deflate else None
+        self._protocol = ServerProtocol(extensions=extensions, state=State.OPEN, max_size=max_size)
+        # A fragmented message being reassembled: its opcode and parts so far.
+        self._opcode: Opcode | None = None
+        self._parts: list[BytesLike] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._closed_reported = False
+        self._failed = False
+        #: Pong frames received so far (keep-alive pings are answered by pongs).
+        self.pongs_seen = 0
+
+    # -- handshake -------------------------------------------------------------------------
+
+    def handshake(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Handshake:
+        request = Request(
+            path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+        )
+        response = self._protocol.accept(request)
+        kept = [
+            (name, value)
+            for name, value in response.headers.raw_items()
+            if name.lower() != "date"  # the server adds its own
+        ]
+        return Handshake(response.status_code, kept, bytes(response.body))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Message | WebSocketClosed]:
+        protocol = self._protocol
+        protocol.receive_data(data)
+        return self._events()
+
+    def receive_eof(self) -> list[Message | WebSocketClosed]:
+        self._protocol.receive_eof()
+        return self._events()
+
+    def _events(self) -> list[Message | WebSocketClosed]:
+        out: list[Message | WebSocketClosed] = []
+        for frame in self._protocol.events_received():
+            if not isinstance(frame, Frame):  # pragma: no cover - only frames once OPEN
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    message = self._message(opcode, [frame.data])
+                    if message is None:
+                        break
+                    out.append(message)
+                else:
+                    self._opcode = opcode
+                    self._parts = [frame.data]
+                    if opcode is Opcode.TEXT and not self._check_text_part(frame.data):
+                        break
+            elif opcode is Opcode.CONT:
+                self._parts.append(frame.data)
+                if (
+                    self._opcode is Opcode.TEXT
+                    and not frame.fin
+                    and not self._check_text_part(frame.data)
+                ):
+                    break
+                if frame.fin:
+                    assert self._opcode is not None
+                    message = self._message(self._opcode, self._parts)
+                    self._opcode, self._parts, self._decoder = None, [], None
+                    if message is None:
+                        break
+                    out.append(message)
+            elif opcode is Opcode.PONG:
+                self.pongs_seen += 1
+            # PING is answered by the protocol itself; CLOSE is reported below.
+        closed = self.closed()
+        if closed is not None:
+            out.append(closed)
+        return out
+
+    def _check_text_part(self, data: BytesLike) -> bool:
+        # Validate a fragmented text message as it arrives, so bad UTF-8 closes it early.
+        if self._decoder is None:
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            self._decoder.decode(data)
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+            return False
+        return True
+
+    def _message(self, opcode: Opcode, parts: list[BytesLike]) -> Message | None:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if opcode is Opcode.BINARY:
+            return Message(None, data if type(data) is bytes else bytes(data))
+        try:
+            return Message(str(data, "utf-8"), None)
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+            return None
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        try:
+            self._protocol.fail(code, reason)
+        except InvalidState:  # pragma: no cover - already closing
+            pass
+
+    def closed(self) -> WebSocketClosed | None:
+        """Report the end of the connection once: the peer's close frame when it sent one;
+        our code when the connection failed (1002, 1007, 1009, ...); else 1006."""
+        if self._closed_reported:
+            return None
+        protocol = self._protocol
+        close = protocol.close_rcvd
+        if close is None:
+            failed = self._failed or protocol.parser_exc is not None
+            if not failed and protocol.state is not State.CLOSED:
+                return None
+            close = protocol.close_sent
+        self._closed_reported = True
+        if close is None:
+            return WebSocketClosed(CloseCode.ABNORMAL_CLOSURE, "")
+        return WebSocketClosed(close.code, close.reason)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        self._protocol.send_text(text.encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
+        self._protocol.send_binary(data)
+
+    def send_ping(self, data: bytes) -> None:
+        self._protocol.send_ping(data)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        if self._protocol.state is State.OPEN:
+            self._protocol.send_close(code, reason)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Close because of an error on our side (or the peer's), without waiting."""
+        self._fail(code, reason)
+
+    def data_to_send(self) -> tuple[bytes, bool]:
+        """Bytes to write, and whether the protocol is done writing (time to close TCP)."""
+        writes = self._protocol.data_to_send()
+        if not writes:
+            return b"", False
+        # websockets marks "end of output" with an empty chunk.
+        eof = writes[-1] == b""
+        return (writes[0] if len(writes) == 1 else b"".join(writes)), eof
+
+    @property
+    def state(self) -> State:
+        return self._protocol.state
+
+    @property
+    def open(self) -> bool:
+        return self._protocol.state is State.OPEN
+
+    @property
+    def close_expected(self) -> bool:
+        """True once the TCP connection should be closed (the handshake is over or failed)."""
+        return bool(self._protocol.close_expected())

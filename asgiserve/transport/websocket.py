@@ -1,0 +1,315 @@
+"""The asyncio side of a WebSocket connection, after the HTTP/1.1 upgrade.
+
+Theory of operation
+-------------------
+:class:`~asgiserve.transport.connection.HTTP11Connection` hands the transport over
+(``transport.set_protocol``) together with the parsed upgrade request and any bytes that came
+after it. We check the handshake with the sans-I/O core; a bad one gets its HTTP error without
+the app ever running. Otherwise the app runs with a :class:`~asgiserve.asgi.websocket.
+WebSocketCycle` and we are its sink: the 101 response goes out when the app accepts, messages
+go through the core both ways, and reading pauses while the app is ``max_queue`` messages
+behind. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
+server's once-a-second sweep, like HTTP timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from asgiserve.asgi.scope import ConnectionInfo, websocket_scope
+from asgiserve.asgi.websocket import WebSocketCycle, WSPhase
+from asgiserve.protocols.http11 import encode_response_head, status_line
+from asgiserve.protocols.websocket import Message, WebSocketClosed, WebSocketCore
+from asgiserve.transport.state import start_task
+
+if TYPE_CHECKING:
+    from asgiserve.protocols.http11 import RequestHead
+    from asgiserve.transport.state import ServerState
+
+logger = logging.getLogger("asgiserve.error")
+
+__all__ = ["WebSocketConnection", "WebSocketSettings"]
+
+
+class WebSocketSettings:
+    """WebSocket limits and timers as plain values."""
+
+    __slots__ = (
+        "close_timeout",
+        "max_queue",
+        "max_size",
+        "per_message_deflate",
+        "ping_interval",
+        "ping_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 16 * 1024 * 1024,
+        max_queue: int = 32,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
+        close_timeout: float = 10.0,
+        per_message_deflate: bool = True,
+    ) -> None:
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.per_message_deflate = per_message_deflate
+
+
+class _Timer:
+    NONE = 0
+    PING = 1  # time to send a keep-alive ping
+    PONG = 2  # the ping's pong is overdue
+    CLOSE = 3  # the closing handshake is overdue
+
+
+class WebSocketConnection(asyncio.Protocol):
+    __slots__ = (
+        "core",
+        "cycle",
+        "deadline",
+        "drain_waiters",
+        "handshake_headers",
+        "loop",
+        "pending_out",
+        "pongs_seen",
+        "reading_paused",
+        "settings",
+        "started_at",
+        "state",
+        "timer",
+        "transport",
+        "writing_paused",
+    )
+
+    def __init__(
+        self, state: ServerState, settings: WebSocketSettings, transport: asyncio.Transport
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.loop = state.loop
+        self.transport: asyncio.Transport | None = transport
+        self.core = WebSocketCore(
+            max_size=settings.max_size, per_message_deflate=settings.per_message_deflate
+        )
+        self.cycle: WebSocketCycle | None = None
+        self.handshake_headers: list[tuple[str, str]] = []
+        #: Frames the core produced before the app accepted (pongs, say): held until the 101.
+        self.pending_out: list[bytes] = []
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.deadline = 0.0
+        self.timer = _Timer.NONE
+        self.pongs_seen = 0
+        self.started_at = self.loop.time()
+
+    def start(self, head: RequestHead, info: ConnectionInfo, trailing: bytes) -> None:
+        """Check the handshake and start the app; called right after the protocol switch."""
+        target = head.path + (b"?" + head.query if head.query else b"")
+        handshake = self.core.handshake(target.decode("latin-1"), head.headers)
+        if not handshake.accepted:
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handshake.headers]
+            self._write_http_response(handshake.status, headers, handshake.body)
+            return
+        self.handshake_headers = handshake.headers
+        self.state.connections.add(self)
+        scope = websocket_scope(info, head.path, head.query, head.headers)
+        cycle = self.cycle = WebSocketCycle(scope, self, max_queue=self.settings.max_queue)
+        task = start_task(self.loop, cycle.run(self.state.app), contextvars.copy_context())
+        if not task.done():
+            tasks = self.state.tasks
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if trailing:
+            self.data_received(trailing)
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        if cycle is None:
+            return
+        for event in self.core.receive_data(data):
+            if type(event) is Message:
+                message: dict[str, Any]
+                if event.text is not None:
+                    message = {"type": "websocket.receive", "text": event.text}
+                else:
+                    message = {"type": "websocket.receive", "bytes": event.data}
+                if cycle.feed(message) and not self.reading_paused and self.transport:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+            elif type(event) is WebSocketClosed:
+                cycle.disconnect(event.code, event.reason)
+        if self.core.pongs_seen != self.pongs_seen:
+            self.pongs_seen = self.core.pongs_seen
+            if self.timer == _Timer.PONG:
+                self._schedule_ping()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        for event in self.core.receive_eof():
+            if type(event) is WebSocketClosed and self.cycle is not None:
+                self.cycle.disconnect(event.code, event.reason)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self.transport = None
+        self.deadline = 0.0
+        if self.cycle is not None:
+            closed = self.core.closed()
+            self.cycle.disconnect(*(closed.code, closed.reason) if closed else (1006, ""))
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- WebSocketSink -------------------------------------------------------------------------
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.transport is None:
+            return
+        response_headers = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in self.handshake_headers
+        ]
+        if subprotocol:
+            response_headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+        response_headers.extend(headers)
+        head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
+        self.transport.write(head)
+        self._log(101)
+        if self.pending_out:
+            self.transport.write(b"".join(self.pending_out))
+            self.pending_out.clear()
+        self._schedule_ping()
+        self._flush()
+
+    def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self._write_http_response(status, headers, body)
+        self._log(status, len(body))
+
+    def _log(self, status: int, body_bytes: int = 0) -> None:
+        access_log = self.state.access_log
+        if access_log is not None and self.cycle is not None:
+            access_log(self.cycle.scope, status, body_bytes, self.started_at)
+
+    def send_message(self, text: str | None, data: bytes | None) -> None:
+        core = self.core
+        if not core.open:
+            return
+        if text is not None:
+            core.send_text(text)
+        else:
+            assert data is not None
+            core.send_bytes(data)
+        self._flush()
+
+    def close(self, code: int, reason: str) -> None:
+        self.core.send_close(code, reason)
+        self._flush()
+        if self.transport is not None and self.timer != _Timer.CLOSE:
+            self._set_timer(_Timer.CLOSE, self.settings.close_timeout)
+
+    async def drain(self) -> None:
+        if not self.writing_paused or self.transport is None:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data, eof = self.core.data_to_send()
+        transport = self.transport
+        if transport is None:
+            return
+        if data:
+            cycle = self.cycle
+            if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
+                self.pending_out.append(data)  # not accepted yet: nothing may precede the 101
+            else:
+                transport.write(data)
+        if eof:
+            # The closing handshake is complete (or the connection failed): the server closes
+            # the TCP connection first (RFC 6455 section 7.1.1).
+            transport.close()
+
+    def _write_http_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"connection")]
+        framing = b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        try:
+            head = encode_response_head(status, kept, self.state.default_headers, framing)
+        except ValueError:
+            logger.error("Invalid header in the app's WebSocket denial response")
+            head = status_line(500) + b"content-length: 0\r\nconnection: close\r\n\r\n"
+            body = b""
+        transport.write(head + body)
+        transport.close()
+
+    def _set_timer(self, kind: int, seconds: float) -> None:
+        self.timer = kind
+        self.deadline = self.loop.time() + seconds if seconds > 0 else 0.0
+
+    def _schedule_ping(self) -> None:
+        self._set_timer(_Timer.PING, self.settings.ping_interval)
+
+    def on_deadline(self) -> None:
+        """Called by the server's sweep when ``deadline`` has passed."""
+        kind = self.timer
+        self.deadline = 0.0
+        self.timer = _Timer.NONE
+        transport = self.transport
+        if transport is None:
+            return
+        if kind == _Timer.PING and self.core.open:
+            self.core.send_ping(os.urandom(4))
+            self._flush()
+            self._set_timer(_Timer.PONG, self.settings.ping_timeout)
+        elif kind == _Timer.PONG:
+            logger.info("WebSocket keep-alive ping timed out: closing the connection")
+            self.core.fail(1011, "keepalive ping timeout")
+            self._flush()
+            transport.abort()
+        elif kind == _Timer.CLOSE:
+            transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close with 1001 (going away) and let the handshake finish."""
+        cycle = self.cycle
+        if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.close(1001, "server shutting down")
