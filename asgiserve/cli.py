@@ -178,6 +178,40 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Negotiate permessage-deflate compression.",
 )
 @click.option(
+    "--http2/--no-http2",
+    default=_default("http2"),
+    show_default=True,
+    help="HTTP/2: h2c (prior knowledge and Upgrade) and ALPN h2 over TLS; needs the h2 package.",
+)
+@click.option(
+    "--h2-max-concurrent-streams",
+    type=int,
+    default=_default("h2_max_concurrent_streams"),
+    show_default=True,
+    help="HTTP/2 streams a client may have open at once (REFUSED_STREAM beyond).",
+)
+@click.option(
+    "--h2-max-header-list-size",
+    type=int,
+    default=_default("h2_max_header_list_size"),
+    show_default=True,
+    help="Bytes of decoded request headers per HTTP/2 stream.",
+)
+@click.option(
+    "--h2-initial-window-size",
+    type=int,
+    default=_default("h2_initial_window_size"),
+    show_default=True,
+    help="Bytes a client may send per HTTP/2 stream before we acknowledge them.",
+)
+@click.option(
+    "--h2-max-resets",
+    type=int,
+    default=_default("h2_max_resets"),
+    show_default=True,
+    help="Streams a client may reset per 10 s before GOAWAY ENHANCE_YOUR_CALM.",
+)
+@click.option(
     "--lifespan",
     type=click.Choice(["auto", "on", "off"]),
     default=_default("lifespan"),

@@ -98,10 +98,26 @@ class Reload:
     excludes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class H2:
+    """HTTP/2 limits. CLI flags: ``--h2-<field>``."""
+
+    #: Streams a client may have open at once (RST_STREAM REFUSED_STREAM beyond).
+    max_concurrent_streams: int = 100
+    #: Bytes of decoded request headers per stream (the HPACK header list size).
+    max_header_list_size: int = 65536
+    #: Bytes a client may send on a stream before we acknowledge them (SETTINGS).
+    initial_window_size: int = 262144
+    #: Streams a client may reset (or have refused) per 10 s before GOAWAY
+    #: ENHANCE_YOUR_CALM (rapid-reset protection).
+    max_resets: int = 200
+
+
 _GROUPS: dict[str, tuple[str, type[Any]]] = {
     "timeout_": ("timeouts", Timeouts),
     "limit_": ("limits", Limits),
     "ws_": ("websocket", WebSocket),
+    "h2_": ("h2", H2),
     # The group is ``reloader`` because ``reload`` is the top-level switch (``--reload``).
     "reload_": ("reloader", Reload),
 }
@@ -143,6 +159,9 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     websocket: WebSocket = field(default_factory=WebSocket)
+    #: HTTP/2 (h2c and, with TLS, ALPN "h2") when the ``h2`` package is installed.
+    http2: bool = True
+    h2: H2 = field(default_factory=H2)
     reloader: Reload = field(default_factory=Reload)
 
     def __post_init__(self) -> None:
@@ -255,6 +274,10 @@ def _validate(config: Config) -> None:
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
     for name in ("request_line", "request_head", "request_fields"):
         _positive(f"limit_{name}", getattr(limits, name))
+    for name in ("max_concurrent_streams", "max_header_list_size", "max_resets"):
+        _positive(f"h2_{name}", getattr(config.h2, name))
+    if not 65535 <= config.h2.initial_window_size <= 2**31 - 1:
+        raise ConfigError("h2_initial_window_size must be between 65535 and 2147483647")
     websocket = config.websocket
     for name in ("max_size", "max_queue", "ping_interval", "ping_timeout", "close_timeout"):
         _positive(f"ws_{name}", getattr(websocket, name))

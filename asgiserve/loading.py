@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LoadError",
+    "http2_available",
     "load_app",
     "load_env_file",
     "new_event_loop",
@@ -175,6 +176,17 @@ def resolve_ws(choice: str) -> str:
             return "none"
         return "websockets"
     return "none"
+
+
+def http2_available(enabled: bool) -> bool:
+    """HTTP/2 is on when asked for (the default) and the ``h2`` package is installed."""
+    if not enabled:
+        return False
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_loop(choice: str) -> str:

@@ -21,6 +21,7 @@ from asgiserve.asgi.lifespan import Lifespan, LifespanFailure
 from asgiserve.config import Config
 from asgiserve.loading import (
     LoadError,
+    http2_available,
     load_app,
     load_env_file,
     parser_factory,
@@ -220,12 +221,28 @@ class Server:
             limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,
             websocket=websocket,
+            http2=self._h2_settings(),
+        )
+
+    def _h2_settings(self) -> Any:
+        if not http2_available(self.config.http2):
+            return None
+        from asgiserve.transport.http2 import H2Settings
+
+        h2 = self.config.h2
+        return H2Settings(
+            max_concurrent_streams=h2.max_concurrent_streams,
+            max_header_list_size=h2.max_header_list_size,
+            initial_window_size=h2.initial_window_size,
+            max_resets=h2.max_resets,
         )
 
     def _log_started(self, loop: asyncio.AbstractEventLoop) -> None:
         loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         http = resolve_http(self.config.http)
         ws = resolve_ws(self.config.ws)
+        if http2_available(self.config.http2):
+            http += "+h2"
         if self._on_started is not None:
             # A supervised worker: the supervisor announces the listeners, once for all workers.
             logger.info(

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,14 +70,16 @@ class Phase(enum.IntEnum):
     START = 0  # waiting for http.response.start
     HEAD = 1  # start received; the head waits for the first body message
     BODY = 2  # head written; more body to come
-    DONE = 3  # response complete (or aborted)
+    TRAILERS = 3  # body complete; http.response.trailers to come (trailers extension)
+    DONE = 4  # response complete (or aborted)
 
 
 class ResponseSink(Protocol):
     """What the cycle needs from a wire protocol; a connection (or a stream) implements it."""
 
-    #: True while the transport's write buffer is above its high-water mark.
-    writing_paused: bool
+    @property
+    def writing_paused(self) -> bool:
+        """True while the client is not keeping up: ``send()`` then awaits :meth:`drain`."""
 
     def send_continue(self) -> None:
         """Send ``100 Continue``."""
@@ -86,6 +90,18 @@ class ResponseSink(Protocol):
 
     def send_body(self, body: bytes, more_body: bool) -> None:
         """Write a further body part; ``more_body=False`` ends the response."""
+
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send a 1xx response (103 Early Hints) before the final one, or ignore it."""
+
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """End the response with trailer fields (after body parts sent with more_body)."""
+
+    async def send_file(self, fd: int, offset: int, count: int, more_body: bool) -> None:
+        """Write ``count`` bytes of the regular file ``fd`` from ``offset`` as a further body
+        part (after :meth:`send_head`), without blocking the event loop; return once they are
+        handed to the OS or the client is gone. ``more_body=False`` ends the response. Raise
+        if the file ends early (the framing cannot be honoured: the caller aborts)."""
 
     async def drain(self) -> None:
         """Wait until the client has read enough of what was written."""
@@ -133,6 +149,8 @@ class HTTPCycle:
         "sink",
         "status",
         "task",
+        "trailer_headers",
+        "trailers_expected",
         "waiter",
     )
 
@@ -152,6 +170,8 @@ class HTTPCycle:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.header_flags = 0
+        self.trailers_expected = False
+        self.trailer_headers: list[tuple[bytes, bytes]] = []
         self.body_allowed = True
         self.bytes_sent = 0
         self.head_request = scope["method"] == "HEAD"
@@ -244,34 +264,62 @@ class HTTPCycle:
         message_type = message["type"]
         if phase is Phase.HEAD or phase is Phase.BODY:
             if message_type != "http.response.body":
-                raise RuntimeError(f"Expected 'http.response.body', got {message_type!r}")
+                # Off the hot path: a body from a file (or a wrong message type).
+                await self._send_file(message, phase)
+                return
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
             body = message.get("body", b"")
             more_body = message.get("more_body", False)
             if type(body) is not bytes:
                 body = self._coerce_body(body)
-            self._count(body, more_body)
+            self._count(len(body), more_body)
             sink = self.sink
+            # With trailers to come, the wire response is not over at the last body part.
+            wire_more = more_body or self.trailers_expected
             if phase is Phase.HEAD:
-                sink.send_head(self, body if self.body_allowed else b"", more_body)
+                if not wire_more and self.head_request and self.content_length is None:
+                    # RFC 9110 section 9.3.2: HEAD gets the headers GET would, so the length
+                    # of the body the app produced (and we drop) is announced.
+                    self.content_length = len(body)
+                    self.response_headers = [
+                        *self.response_headers,
+                        (b"content-length", b"%d" % len(body)),
+                    ]
+                sink.send_head(self, body if self.body_allowed else b"", wire_more)
                 self.phase = Phase.BODY
             elif self.body_allowed:
-                sink.send_body(body, more_body)
-            elif not more_body:
+                sink.send_body(body, wire_more)
+            elif not wire_more:
                 sink.send_body(b"", False)
             if not more_body:
-                self._complete()
+                if self.trailers_expected:
+                    self.phase = Phase.TRAILERS
+                else:
+                    self._complete()
             elif sink.writing_paused:
                 await sink.drain()
                 if self.disconnected:
                     raise ClientDisconnected("client disconnected")
         elif phase is Phase.START:
-            if message_type != "http.response.start":
-                raise RuntimeError(f"Expected 'http.response.start', got {message_type!r}")
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
-            self._start(message)
+            if message_type == "http.response.start":
+                self._start(message)
+            elif message_type == "http.response.early_hint":
+                links = message.get("links", ())
+                self.sink.send_informational(103, [(b"link", link) for link in links])
+            else:
+                raise RuntimeError(f"Expected 'http.response.start', got {message_type!r}")
+        elif phase is Phase.TRAILERS:
+            if message_type != "http.response.trailers":
+                raise RuntimeError(f"Expected 'http.response.trailers', got {message_type!r}")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            self.trailer_headers.extend(message.get("headers", ()))
+            if not message.get("more_trailers", False):
+                self.sink.send_trailers(self.trailer_headers)
+                self._complete()
         else:
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
@@ -307,13 +355,14 @@ class HTTPCycle:
         self.response_headers = headers
         self.content_length = content_length
         self.header_flags = flags
+        self.trailers_expected = bool(message.get("trailers", False))
         self.body_allowed = not (self.head_request or status in _NO_BODY_STATUSES)
         self.phase = Phase.HEAD
 
-    def _count(self, body: bytes, more_body: bool) -> None:
+    def _count(self, size: int, more_body: bool) -> None:
         if not self.body_allowed:
             return
-        sent = self.bytes_sent + len(body)
+        sent = self.bytes_sent + size
         self.bytes_sent = sent
         declared = self.content_length
         if declared is not None and (sent > declared or (not more_body and sent < declared)):
@@ -322,6 +371,92 @@ class HTTPCycle:
                 f"Response body of {'at least ' if more_body else ''}{sent} bytes does not match "
                 f"the declared Content-Length of {declared}"
             )
+
+    async def _send_file(self, message: Message, phase: Phase) -> None:
+        """``http.response.pathsend`` and ``http.response.zerocopysend`` (ASGI extensions): a
+        body part taken from a file, which the sink sends without copying it through Python
+        where it can (``sendfile(2)``). Same rules as ``http.response.body``: Content-Length
+        accounting, no body for HEAD/204/304, completion, flow control."""
+        message_type = message["type"]
+        owned = False
+        reposition = False
+        if message_type == "http.response.pathsend":
+            if phase is not Phase.HEAD:
+                raise RuntimeError(
+                    "'http.response.pathsend' must directly follow 'http.response.start'"
+                )
+            path = message["path"]
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise ValueError(f"'path' must be an absolute path, got {path!r}")
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            owned = True
+            offset: int | None = 0
+            count: int | None = None
+            more_body = False
+        elif message_type == "http.response.zerocopysend":
+            file = message["file"]
+            fd = file if type(file) is int else file.fileno()
+            offset = message.get("offset")
+            count = message.get("count")
+            more_body = bool(message.get("more_body", False))
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
+            if offset is None:
+                # Read from the file's position and advance it, as sendfile(2) would.
+                offset = os.lseek(fd, 0, os.SEEK_CUR)
+                reposition = True
+        else:
+            raise RuntimeError(f"Expected 'http.response.body', got {message_type!r}")
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{message_type!r} needs a regular file")
+            if type(offset) is not int or offset < 0 or (count is not None and count < 0):
+                raise ValueError(f"Invalid offset {offset!r} or count {count!r}")
+            available = max(info.st_size - offset, 0)
+            count = available if count is None else min(count, available)
+            wire_more = more_body or self.trailers_expected
+            if (
+                phase is Phase.HEAD
+                and not wire_more
+                and self.content_length is None
+                and self.status not in _NO_BODY_STATUSES
+            ):
+                # The whole body is this file: announce its length (also for HEAD, RFC 9110
+                # section 9.3.2) rather than chunk it.
+                self.content_length = count
+                self.response_headers = [
+                    *self.response_headers,
+                    (b"content-length", b"%d" % count),
+                ]
+            self._count(count, more_body)
+            sink = self.sink
+            sending = count > 0 and self.body_allowed
+            if phase is Phase.HEAD:
+                sink.send_head(self, b"", wire_more or sending)
+                self.phase = Phase.BODY
+            elif not sending and not wire_more:
+                sink.send_body(b"", False)
+            if sending:
+                await sink.send_file(fd, offset, count, wire_more)
+            if reposition:
+                os.lseek(fd, offset + count, os.SEEK_SET)
+        finally:
+            if owned:
+                os.close(fd)
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        if not more_body:
+            if self.trailers_expected:
+                self.phase = Phase.TRAILERS
+            else:
+                self._complete()
+        elif sink.writing_paused:
+            await sink.drain()
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected")
 
     @staticmethod
     def _coerce_body(body: Any) -> bytes:
@@ -388,4 +523,3 @@ class HTTPCycle:
         if self.phase is not Phase.DONE:
             self.sink.abort()
             self._complete()
-

@@ -273,6 +273,11 @@ def build_request_head(
         else:
             keep_alive = http_version == "1.1" or b"keep-alive" in tokens
         upgrade_requested = b"upgrade" in tokens
+        if upgrade_requested and chunked and upgrade is not None:
+            # llhttp skips the body of an upgrade request; the httptools backend passes a
+            # Content-Length body on itself but cannot decode chunks, so neither backend
+            # accepts them.
+            raise ProtocolError("chunked body on a protocol upgrade request")
 
     return RequestHead(
         method,
@@ -346,6 +351,15 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_trailers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The last chunk followed by a trailer section (RFC 9112 section 7.1.2)."""
+    lines = [b"%s: %s\r\n" % (name, value) for name, value in headers]
+    block = b"".join(lines)
+    if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+        raise InvalidResponseHeader("trailer name or value contains CR or LF")
+    return b"0\r\n" + block + b"\r\n"
 
 
 def error_response(status: int, reason: str, default_headers: bytes = b"") -> bytes:

@@ -40,6 +40,7 @@ class HttptoolsParser:
         "_max_head",
         "_max_request_line",
         "_parser",
+        "_raw_body_left",
         "_sink",
         "_switching",
         "_url",
@@ -64,6 +65,8 @@ class HttptoolsParser:
         self._head: RequestHead | None = None
         # Set when the sink switches protocols after the current request: parsing stops.
         self._switching = False
+        # Body bytes of a declined upgrade request, which llhttp skips: we pass them on.
+        self._raw_body_left = 0
         #: True while the bytes of a request head are arriving (for the head timeout).
         self.in_head = False
         self._parser = self._new_parser()
@@ -76,6 +79,10 @@ class HttptoolsParser:
     def feed(self, data: bytes) -> None:
         if self._switching:
             return
+        if self._raw_body_left:
+            data = self._pass_raw_body(data)
+            if not data:
+                return
         was_in_head = self.in_head
         held = self._head_bytes
         try:
@@ -106,17 +113,24 @@ class HttptoolsParser:
                 )
 
     def _after_upgrade_request(self, rest: bytes) -> None:
-        # llhttp skipped any body of the request it thought was switching protocols. We do not
-        # switch, so a body would now be misread as the next request: stop reading instead.
         if self._switching:
             self._sink.on_upgrade(rest)
             return
-        head = self._head
+        # We do not switch: go on with a fresh parser (llhttp cannot resume), first passing on
+        # the body llhttp skipped, if any (see on_headers_complete).
         self._parser = self._new_parser()
-        if head is not None and head.has_body:
-            raise ProtocolError("request body on a protocol upgrade request")
         if rest:
             self.feed(rest)
+
+    def _pass_raw_body(self, data: bytes) -> bytes:
+        left = self._raw_body_left
+        piece = data[:left]
+        self._raw_body_left = left = left - len(piece)
+        if piece:
+            self._sink.on_body(piece)
+        if not left:
+            self._sink.on_request_end()
+        return data[len(piece) :]
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
@@ -155,9 +169,12 @@ class HttptoolsParser:
         )
         self._head = head
         self._switching = bool(self._sink.on_request(head)) and head.upgrade is not None
+        if head.upgrade is not None and not self._switching and head.content_length:
+            self._raw_body_left = head.content_length
 
     def on_body(self, body: bytes) -> None:
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._sink.on_request_end()
+        if not self._raw_body_left:  # else it ends once the skipped body has been passed on
+            self._sink.on_request_end()

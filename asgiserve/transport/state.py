@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp
     from asgiserve.logging import AccessLog
     from asgiserve.protocols.http11 import RequestSink
+    from asgiserve.transport.http2 import H2Settings
     from asgiserve.transport.websocket import WebSocketSettings
 
     class RequestParser:
@@ -76,6 +77,7 @@ class ServerState:
         limit_max_requests: int | None = None,
         on_max_requests: Callable[[], None] | None = None,
         websocket: WebSocketSettings | None = None,
+        http2: H2Settings | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -90,6 +92,8 @@ class ServerState:
         self.on_max_requests = on_max_requests
         #: None when WebSocket support is off (``--ws none`` or no ``websockets`` package).
         self.websocket = websocket
+        #: None when HTTP/2 is off (``--no-http2`` or no ``h2`` package).
+        self.http2 = http2
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()

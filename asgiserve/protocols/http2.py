@@ -1,0 +1,200 @@
+"""HTTP/2 (RFC 9113) rules on top of the ``h2`` package's sans-I/O connection.
+
+Theory of operation
+-------------------
+``h2`` frames, HPACK-codes and flow-controls; we create its connection with our settings and
+add what a server needs around it:
+
+* request header validation (RFC 9113 section 8.2 and 8.3) done here rather than by ``h2``,
+  so that a malformed request is a *stream* error (RST_STREAM PROTOCOL_ERROR) and the
+  connection goes on, and so that valid requests are not checked twice;
+* the concurrent-stream limit: we advertise ``max_concurrent_streams`` but keep ``h2``'s own
+  enforcement (a connection error) out of the way, and refuse excess streams one by one with
+  RST_STREAM REFUSED_STREAM (RFC 9113 section 5.1.2);
+* "rapid reset" protection (CVE-2023-44487): a client that keeps opening and resetting
+  streams is sent GOAWAY ENHANCE_YOUR_CALM.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes, Settings
+
+__all__ = [
+    "CONNECTION_PREFACE",
+    "H2Request",
+    "ResetBudget",
+    "StreamError",
+    "goaway_frame",
+    "new_connection",
+    "parse_request",
+]
+
+#: What a client sends first on a prior-knowledge h2c connection (RFC 9113 section 3.4).
+CONNECTION_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Headers that only make sense hop by hop in HTTP/1.1 (RFC 9113 section 8.2.2).
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+
+
+class StreamError(Exception):
+    """A malformed request: reset the stream with ``code``; the connection goes on."""
+
+    def __init__(self, reason: str, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = int(code)
+
+
+class H2Request:
+    __slots__ = ("headers", "method", "path", "query", "scheme")
+
+    def __init__(
+        self,
+        method: str,
+        scheme: str | None,
+        path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.method = method
+        self.scheme = scheme
+        self.path = path
+        self.query = query
+        self.headers = headers
+
+
+def new_connection(
+    *, max_concurrent_streams: int, max_header_list_size: int, initial_window_size: int
+) -> H2Connection:
+    """An ``h2`` server connection that advertises our limits (send the preface yourself:
+    ``initiate_connection()`` or ``initiate_upgrade_connection()``)."""
+    config = H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,  # parse_request() does it, as stream errors
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,  # the ASGI cycle and the stream build clean headers
+        normalize_outbound_headers=False,
+    )
+    connection = H2Connection(config=config)
+    connection.local_settings = Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        },
+    )
+    return connection
+
+
+def relax_stream_limit(
+    connection: H2Connection, *, initial_window_size: int, max_header_list_size: int
+) -> None:
+    """Call after the preface is sent. ``h2`` would turn one stream too many into a connection
+    error; replace its (already advertised) settings with the same ones minus that limit, which
+    the caller enforces per stream instead. The replacement has no pending changes, so the
+    client's SETTINGS ACK leaves it as it is."""
+    connection.local_settings = Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        },
+    )
+
+
+def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
+    """Validate a request header list (RFC 9113 sections 8.2, 8.3) into the request facts and
+    the regular headers, with ``:authority`` turned into ``host``."""
+    method = scheme = authority = path = None
+    headers: list[tuple[bytes, bytes]] = []
+    regular_seen = False
+    for name, value in raw_headers:
+        if name[:1] == b":":
+            if regular_seen:
+                raise StreamError("pseudo-header after a regular header")
+            if name not in _PSEUDO:
+                raise StreamError(f"unknown pseudo-header {name!r}")
+            if name == b":method":
+                if method is not None:
+                    raise StreamError("duplicate :method")
+                method = value
+            elif name == b":path":
+                if path is not None:
+                    raise StreamError("duplicate :path")
+                path = value
+            elif name == b":scheme":
+                if scheme is not None:
+                    raise StreamError("duplicate :scheme")
+                scheme = value
+            else:
+                if authority is not None:
+                    raise StreamError("duplicate :authority")
+                authority = value
+            continue
+        regular_seen = True
+        if name in _CONNECTION_SPECIFIC:
+            raise StreamError(f"connection-specific header {name!r}")
+        if name == b"te" and value.lower() != b"trailers":
+            raise StreamError("te header other than 'trailers'")
+        if not name or name != name.lower():
+            raise StreamError("header name is empty or not lower-case")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise StreamError("CR, LF or NUL in a header value")
+        headers.append((name, value))
+    if method is None:
+        raise StreamError("missing :method")
+    if method == b"CONNECT":
+        raise StreamError("CONNECT is not supported", ErrorCodes.REFUSED_STREAM)
+    if path is None or scheme is None:
+        raise StreamError("missing :path or :scheme")
+    if path[:1] != b"/":
+        if path == b"*" and method == b"OPTIONS":
+            return H2Request("OPTIONS", scheme.decode("latin-1"), b"*", b"", headers)
+        raise StreamError("invalid :path")
+    if authority is not None and not any(n == b"host" for n, _ in headers):
+        headers.insert(0, (b"host", authority))
+    target, _, query = path.partition(b"?")
+    if b"#" in target:
+        raise StreamError("fragment in :path")
+    return H2Request(method.decode("latin-1"), scheme.decode("latin-1"), target, query, headers)
+
+
+def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    """A GOAWAY frame (RFC 9113 section 6.8), for the cases h2 gets the code wrong."""
+    return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
+        "!II", last_stream_id & 0x7FFFFFFF, error_code
+    )
+
+
+class ResetBudget:
+    """Counts streams the client reset (or we refused) per time window; over the budget, the
+    connection is abused (rapid reset) and should be told ENHANCE_YOUR_CALM."""
+
+    __slots__ = ("count", "limit", "window", "window_start")
+
+    def __init__(self, limit: int, window: float = 10.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.window_start = 0.0
+        self.count = 0
+
+    def spend(self, now: float) -> bool:
+        """Record one reset; True when the budget is exhausted."""
+        if now - self.window_start > self.window:
+            self.window_start = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit

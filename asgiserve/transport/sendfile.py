@@ -1,0 +1,155 @@
+"""Sending a file as a response body: ``sendfile(2)`` on a socket we write to directly, or
+reads in a worker thread when the bytes must pass through Python (TLS, HTTP/2 framing).
+
+Theory of operation
+-------------------
+The ASGI cycle turns ``http.response.pathsend``/``zerocopysend`` into one call on its sink,
+``send_file(fd, offset, count, more_body)``. Over plain TCP the HTTP/1.1 connection hands the
+file to the kernel (:class:`SocketFileSender`); every other sink can delegate to
+:func:`send_file_buffered`, which reads the file in chunks in the default executor and writes
+them through the sink's ordinary ``send_body``/``drain``, so a large file neither blocks the
+event loop nor sits in memory.
+
+Why our own sendfile loop rather than ``loop.sendfile(transport, file)``: uvloop does not
+implement it, and asyncio's fallback reads the file into memory through the transport. The
+loop below is safe with a transport we do not own because of three invariants, each checked:
+
+* the transport has nothing buffered when we start (the response head must go first), and
+  nothing else writes to it while we send: the connection serves one response at a time and
+  the cycle is inside ``send``;
+* ``os.sendfile`` is only called on the transport's descriptor after ``transport.is_closing()``
+  said it is still open, in the same synchronous step, so a descriptor number closed (and
+  perhaps reused by a new connection) is never written to;
+* to wait for writability we register a *duplicate* of the descriptor with ``add_writer``
+  (both loops refuse a descriptor owned by a transport), and unregister and close it before
+  returning, so the transport's own reader registration is never disturbed.
+
+The socket is non-blocking: ``os.sendfile`` sends what fits in the socket buffer and we wait for
+writability for the rest, which is the flow control to slow clients (memory stays bounded by
+the kernel's socket buffer). The file is read by the kernel from the page cache; a read that
+misses it blocks in the syscall, which bounds each call to :data:`SENDFILE_CHUNK` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.http import ResponseSink
+
+__all__ = [
+    "READ_CHUNK",
+    "SENDFILE_CHUNK",
+    "FileEndedEarly",
+    "SocketFileSender",
+    "send_file_buffered",
+]
+
+#: Bytes per ``os.sendfile`` call: the most the event loop waits for one call on a page-cache
+#: miss, and the unit of fairness between connections (we go round the loop between calls).
+SENDFILE_CHUNK = 1024 * 1024
+#: Bytes per read in the buffered path: large enough that the thread hop is amortised, small
+#: enough that a slow client holds little memory (one chunk plus the transport's buffer).
+READ_CHUNK = 256 * 1024
+
+
+class FileEndedEarly(RuntimeError):
+    """The file is shorter than the response says (it shrank while being sent)."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(f"the file ended {missing} bytes before the announced response length")
+
+
+async def send_file_buffered(
+    sink: ResponseSink, fd: int, offset: int, count: int, more_body: bool
+) -> None:
+    """Send ``count`` bytes of ``fd`` from ``offset`` through ``sink.send_body``, reading in a
+    worker thread and honouring the sink's flow control."""
+    loop = asyncio.get_running_loop()
+    while count > 0:
+        data = await loop.run_in_executor(None, os.pread, fd, min(count, READ_CHUNK), offset)
+        if not data:
+            raise FileEndedEarly(count)
+        offset += len(data)
+        count -= len(data)
+        sink.send_body(data, more_body or count > 0)
+        if sink.writing_paused:
+            await sink.drain()
+
+
+class SocketFileSender:
+    """One ``send_file`` over a plain socket: ``os.sendfile`` until done, waiting for
+    writability on a duplicate descriptor when the socket buffer is full."""
+
+    __slots__ = ("dup", "loop", "lost", "sock_fd", "transport", "waiter")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport, sock_fd: int
+    ) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.sock_fd = sock_fd
+        self.dup = -1
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost = False
+
+    def connection_lost(self) -> None:
+        """The connection is gone: stop at the next step."""
+        self.lost = True
+        self._wake()
+
+    async def send(self, fd: int, offset: int, count: int) -> bool:
+        """True when all ``count`` bytes were handed to the kernel, False when the connection
+        went away first; raises :class:`FileEndedEarly` if the file is too short."""
+        transport = self.transport
+        try:
+            # The head went through the transport: it must be on the wire before the file.
+            while transport.get_write_buffer_size():
+                if not await self._writable():
+                    return False
+            while count > 0:
+                if self.lost or transport.is_closing():
+                    return False
+                try:
+                    sent = os.sendfile(self.sock_fd, fd, offset, min(count, SENDFILE_CHUNK))
+                except (BlockingIOError, InterruptedError):
+                    sent = -1
+                except OSError:
+                    # EPIPE, ECONNRESET, ...: the client is gone.
+                    return False
+                if sent == 0:
+                    raise FileEndedEarly(count)
+                if sent > 0:
+                    offset += sent
+                    count -= sent
+                # Socket buffer full, or one chunk done: go round the loop (other connections
+                # get their turn) until the socket is writable again.
+                if count > 0 and not await self._writable():
+                    return False
+            return True
+        finally:
+            if self.dup >= 0:
+                os.close(self.dup)
+                self.dup = -1
+
+    async def _writable(self) -> bool:
+        if self.lost:
+            return False
+        if self.dup < 0:
+            self.dup = os.dup(self.sock_fd)
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        loop.add_writer(self.dup, self._wake)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            loop.remove_writer(self.dup)
+        return not self.lost
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
