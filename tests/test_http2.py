@@ -459,3 +459,29 @@ def test_http2_can_be_turned_off(serve: Any) -> None:
     data = sock.recv(65536)
     sock.close()
     assert data.startswith(b"HTTP/1.1 ")
+
+
+def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve: Any) -> None:
+    RELEASE.clear()
+    server = serve(h2_app)
+    client = Client(server.port)
+    sid = client.request("/hold")
+    time.sleep(0.2)
+    server.call(server.server.exit)
+    deadline = time.monotonic() + 5
+    while client.terminated is None and time.monotonic() < deadline:
+        client.read_events()
+    assert client.terminated is not None
+    assert client.terminated.error_code == ErrorCodes.NO_ERROR
+    assert client.terminated.last_stream_id == sid
+    RELEASE.set()
+    # The h2 client library stops parsing after GOAWAY; the stream's DATA frame is read raw.
+    received = b""
+    client.sock.settimeout(5)
+    while b"released" not in received:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    assert b"released" in received
+    client.close()

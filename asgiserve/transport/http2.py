@@ -564,10 +564,13 @@ class HTTP2Connection(asyncio.Protocol):
             return
         if not self.goaway_sent:
             self.goaway_sent = True
-            try:
-                self.h2.close_connection(error_code=ErrorCodes.NO_ERROR)
-            except ProtocolError:
-                pass
+            # Not h2's close_connection(): its state machine would then refuse to send the
+            # responses of the streams in flight, which a graceful GOAWAY lets finish (RFC 9113
+            # section 6.8). New streams are refused from here on (_on_request).
             self.flush()
+            if self.transport is not None:
+                self.transport.write(
+                    goaway_frame(self.h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR)
+                )
         if not self.streams:
             self._close_transport()
