@@ -201,7 +201,10 @@ def build_request_head(
         raise ProtocolError(
             f"more than {max_fields} header fields", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
         )
-    path, query = _split_target(method, target)
+    if target[:1] == b"/" and b"#" not in target:  # origin-form, the common case
+        path, _, query = target.partition(b"?")
+    else:
+        path, query = _split_target(method, target)
 
     hosts = 0
     content_lengths: list[bytes] | None = None

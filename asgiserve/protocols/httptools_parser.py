@@ -134,13 +134,11 @@ class HttptoolsParser:
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self._url = b""
-        self._headers = []
-        self._head_bytes = 0
+    # No on_message_begin: one callback fewer per request. A message's URL is its first
+    # callback, and on_headers_complete leaves the per-head state empty for the next one.
 
     def on_url(self, piece: bytes) -> None:
+        self.in_head = True
         url = self._url + piece if self._url else piece
         if len(url) > self._max_request_line:
             raise ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
@@ -160,11 +158,13 @@ class HttptoolsParser:
                 "request header section too large", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
             )
         parser = self._parser
+        url, headers = self._url, self._headers
+        self._url, self._headers, self._head_bytes = b"", [], 0
         head = build_request_head(
             parser.get_method().decode("ascii"),
-            self._url,
+            url,
             parser.get_http_version(),
-            self._headers,
+            headers,
             max_fields=self._max_fields,
         )
         self._head = head

@@ -1,0 +1,365 @@
+"""Deterministic CPU cost guard: instructions per request, counted by valgrind's callgrind.
+
+Drives requests through asgiserve's HTTP/1.1 protocol object over an in-memory fake transport
+(no sockets, no kernel, no load generator), under ``valgrind --tool=callgrind``, and reports
+the instructions executed per request.  Unlike req/s on a shared machine, this number does not
+drift with the neighbours: a change of a few percent is real.
+
+Method: the same child runs twice, with N_small and N_large requests after the same set-up
+and warm-up; instructions/request = (I_large - I_small) / (N_large - N_small), which cancels
+interpreter start-up, imports and warm-up exactly.
+
+    python benchmarks/callgrind.py                       # httptools, hello, 1 request per feed
+    python benchmarks/callgrind.py --http h11 --pipeline 16
+    python benchmarks/callgrind.py --max 150000          # exit 1 above this (CI guard)
+    python benchmarks/callgrind.py --no-valgrind         # run the driver only (smoke test)
+
+This touches asgiserve internals (ServerState, HTTP11Connection, the parser factory); they are
+not a stable API, so when they change, only ``make_connection`` below needs to follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: callgrind\r\nAccept: */*\r\n\r\n"
+POST_BODY = b"a" * 1024
+POST = (
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Length: 1024\r\n\r\n" + POST_BODY
+)
+WARMUP = 200
+
+
+class FakeTransport(asyncio.Transport):
+    """Collects what the connection writes; counts complete responses by their body."""
+
+    def __init__(self, marker: bytes) -> None:
+        super().__init__()
+        self.marker = marker
+        self.responses = 0
+        self.bytes_out = 0
+        self.closed = False
+        self.paused = False
+        self._extra = {
+            "peername": ("127.0.0.1", 50000),
+            "sockname": ("127.0.0.1", 8000),
+            "socket": None,
+            "sslcontext": None,
+        }
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        self.bytes_out += len(data)
+        self.responses += data.count(self.marker)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+def make_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any:
+    """Build asgiserve's HTTP/1.1 protocol object the way the server does."""
+    from asgiserve.loading import parser_factory
+    from asgiserve.transport.connection import HTTP11Connection
+    from asgiserve.transport.state import ServerState
+
+    state = ServerState(
+        app=app,
+        loop=loop,
+        parser_factory=parser_factory(http, max_request_line=8192, max_head=65536, max_fields=100),
+        keep_alive_timeout=5.0,
+        head_timeout=10.0,
+    )
+    # What the server's once-a-second tick sets (server + date header block).
+    state.default_headers = b"server: asgiserve\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+    return HTTP11Connection(state)
+
+
+def make_uvicorn_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any:
+    """uvicorn's protocol object, driven the same way: the peer measured on equal terms."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    config = Config(app, http=http, access_log=False, log_level="warning", lifespan="off")
+    config.load()
+    if http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol_class
+    else:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
+    return protocol_class(config, ServerState(), {}, _loop=loop)
+
+
+SERVER = {"asgiserve": make_connection, "uvicorn": make_uvicorn_connection}
+
+
+async def drive(requests: int, http: str, test: str, pipeline: int, server: str = "asgiserve") -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import apps
+
+    app = {"hello": apps.hello, "json": apps.json, "echo": apps.echo}[test]
+    marker = {"hello": apps.HELLO_BODY, "json": b'"tags"', "echo": POST_BODY}[test]
+    payload = (POST if test == "echo" else REQUEST) * pipeline
+    loop = asyncio.get_running_loop()
+    conn = SERVER[server](app, http, loop)
+    transport = FakeTransport(marker)
+    conn.connection_made(transport)
+
+    async def serve(n: int) -> None:
+        target = transport.responses
+        for _ in range(n // pipeline):
+            target += pipeline
+            conn.data_received(payload)
+            spins = 0
+            while transport.responses < target:
+                spins += 1
+                if spins > 1000 or transport.closed:
+                    raise RuntimeError(
+                        f"no response (got {transport.responses}/{target}, closed={transport.closed})"
+                    )
+                await asyncio.sleep(0)
+
+    await serve(WARMUP - WARMUP % pipeline)
+    start = transport.responses
+    await serve(requests)
+    done = transport.responses - start
+    conn.connection_lost(None)
+    return {"responses": done, "bytes_out": transport.bytes_out}
+
+
+def child(args: argparse.Namespace) -> int:
+    if args.loop == "uvloop":
+        import uvloop
+
+        result = uvloop.run(drive(args.child, args.http, args.test, args.pipeline, args.server))
+    else:
+        result = asyncio.run(drive(args.child, args.http, args.test, args.pipeline, args.server))
+    print(json.dumps(result))
+    return 0
+
+
+def _callgrind_total(out_file: Path) -> int:
+    text = out_file.read_text(errors="replace")
+    m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+    if not m:
+        raise RuntimeError(f"no totals in {out_file}")
+    return int(m.group(1))
+
+
+def _fingerprint() -> list[tuple[str, int, int]]:
+    """The sources whose change would make the two measurements incomparable."""
+    files = sorted((ROOT / "asgiserve").rglob("*.py")) + [HERE / "apps.py"]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((str(f), st.st_mtime_ns, st.st_size))
+    return out
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _child_argv(args: argparse.Namespace, n: int) -> list[str]:
+    return [
+        args.python,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(n),
+        "--http",
+        args.http,
+        "--test",
+        args.test,
+        "--pipeline",
+        str(args.pipeline),
+        "--loop",
+        args.loop,
+        "--server",
+        args.server,
+    ]
+
+
+def precompile(args: argparse.Namespace) -> None:
+    """One run outside valgrind so that both measured runs load the same cached bytecode."""
+    proc = subprocess.run(
+        _child_argv(args, args.pipeline),
+        cwd=ROOT,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"driver failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+
+
+def measure(args: argparse.Namespace, n: int, tmp: Path) -> tuple[int, dict[str, Any]]:
+    out_file = tmp / f"callgrind.out.{n}"
+    argv = [
+        args.valgrind,
+        "--tool=callgrind",
+        f"--callgrind-out-file={out_file}",
+        *_child_argv(args, n),
+    ]
+    proc = subprocess.run(
+        argv,
+        cwd=ROOT,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["responses"] != n - n % args.pipeline:
+        raise RuntimeError(f"expected {n} responses, got {result}")
+    return _callgrind_total(out_file), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--http", default="httptools", choices=["httptools", "h11"])
+    p.add_argument("--test", default="hello", choices=["hello", "json", "echo"])
+    p.add_argument("--pipeline", type=int, default=1, help="requests per data_received call")
+    p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    p.add_argument(
+        "--server",
+        default="asgiserve",
+        choices=sorted(SERVER),
+        help="whose protocol object to drive (uvicorn: the same count for the peer)",
+    )
+    p.add_argument("--requests", type=int, default=2000, help="N_large - N_small")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--valgrind", default=shutil.which("valgrind") or "valgrind")
+    p.add_argument("--max", type=float, default=None, help="fail (exit 1) above this instr/request")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--no-valgrind", action="store_true", help="just run the driver once")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is not None:
+        return child(args)
+
+    try:
+        import asgiserve.loading  # noqa: F401
+        import asgiserve.transport.connection  # noqa: F401
+    except ImportError as exc:
+        print(f"asgiserve internals not importable: {exc}")
+        return 2
+
+    if args.no_valgrind:
+        args.child = args.requests
+        return child(args)
+    if not shutil.which(args.valgrind):
+        print("valgrind not found (apt-get install valgrind)")
+        return 2
+
+    # The interpreter must be the real binary: valgrind does not follow a shim's exec.
+    args.python = subprocess.run(
+        [args.python, "-c", "import sys; print(sys.executable)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    small = max(args.pipeline, 100 - 100 % args.pipeline)
+    large = small + args.requests - args.requests % args.pipeline
+    for attempt in range(3):
+        before = _fingerprint()
+        try:
+            precompile(args)
+            with tempfile.TemporaryDirectory(prefix="asgiserve-callgrind-") as tmp:
+                i_small, _ = measure(args, small, Path(tmp))
+                i_large, info = measure(args, large, Path(tmp))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"error: {exc}")
+            return 2
+        if _fingerprint() == before:
+            break
+        print(f"asgiserve sources changed during the measurement; again ({attempt + 1}/3)")
+    else:
+        print("error: the sources keep changing; try again later")
+        return 2
+    per_request = (i_large - i_small) / (large - small)
+    result = {
+        "http": args.http,
+        "test": args.test,
+        "pipeline": args.pipeline,
+        "loop": args.loop,
+        "python": subprocess.run(
+            [args.python, "-c", "import sys; print(sys.version.split()[0])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
+        "requests": large - small,
+        "instructions_small": i_small,
+        "instructions_large": i_large,
+        "instructions_per_request": round(per_request),
+        "bytes_out_per_request": round(info["bytes_out"] / (large + WARMUP)),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['instructions_per_request']:,} instructions/request "
+            f"({args.test}, {args.http}, pipeline {args.pipeline}, {args.loop}, "
+            f"Python {result['python']}; {large - small} requests)"
+        )
+    if args.max is not None and per_request > args.max:
+        print(f"FAIL: {per_request:,.0f} > --max {args.max:,.0f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
