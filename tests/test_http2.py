@@ -485,3 +485,39 @@ def test_graceful_shutdown_sends_goaway_and_finishes_streams_in_flight(serve: An
         received += chunk
     assert b"released" in received
     client.close()
+
+
+# -- over TLS: ALPN "h2" -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(serve: Any, tmp_path: Any) -> tuple[Any, str]:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    server = serve(h2_app, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    return server, str(cafile)
+
+
+def test_httpx_negotiates_http2_over_tls(tls_server: tuple[Any, str]) -> None:
+    import ssl
+
+    import httpx
+
+    server, cafile = tls_server
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=cafile)) as client:
+        response = client.get(f"https://127.0.0.1:{server.port}/scope")
+    assert response.http_version == "HTTP/2"
+    assert b"('2', 'GET', 'https', '/scope'" in response.content
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_http2_over_tls(tls_server: tuple[Any, str]) -> None:
+    server, cafile = tls_server
+    result = subprocess.run(["curl", "-s", "-i", "--http2", "--cacert", cafile, f"https://127.0.0.1:{server.port}/"], capture_output=True, text=True, timeout=10, check=True)
+    assert result.stdout.startswith("HTTP/2 200")
+    assert result.stdout.endswith("Hello, h2!")
