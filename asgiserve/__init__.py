@@ -13,8 +13,9 @@ from asgiserve.server import Server
 __all__ = ["Config", "ConfigError", "Server", "__version__", "run"]
 
 
-def run(app: str | Callable[..., Any], **options: Any) -> None:
-    """Serve ``app`` (an ASGI app or ``"module:attr"``) with the CLI's options as keywords.
+def run(app: str | Callable[..., Any] | None, **options: Any) -> None:
+    """Serve ``app`` (an ASGI app or ``"module:attr"``; None with ``static=DIR``) with the
+    CLI's options as keywords.
 
     Blocks until the server exits; exits the process with a non-zero status if it could not
     start.
@@ -23,7 +24,12 @@ def run(app: str | Callable[..., Any], **options: Any) -> None:
     from asgiserve.supervisors import run as run_config
 
     config = Config.from_options(app, **options)
-    configure_logging(config.log_level, access_log=config.access_log)
+    configure_logging(
+        config.log_level,
+        access_log=config.access_log,
+        log_format=config.log_format,
+        log_config=config.log_config,
+    )
     code = run_config(config)
     if code:
         sys.exit(code)

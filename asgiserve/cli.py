@@ -27,6 +27,54 @@ def _show(name: str) -> Any:
     return "none" if value is None else value
 
 
+def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--config FILE``, or ``[tool.asgiserve]`` in ./pyproject.toml: the file's options become
+    click's ``default_map``, so the command line and the environment still win over them."""
+    if ctx.resilient_parsing:
+        return
+    from asgiserve.config_file import ConfigFileError, find_config, read_config
+
+    try:
+        path = value if value is not None else find_config()
+        if path is None:
+            return
+        options, source = read_config(path)
+    except ConfigFileError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    names = _option_names(ctx.command)
+    default_map: dict[str, Any] = {}
+    for key, item in options.items():
+        name = names.get(key)
+        if name is None:
+            raise click.BadParameter(
+                f"unknown option {key!r} in {source} (options are named like the long "
+                "command-line flags, with '_' for '-': root_path, timeout_keep_alive, ...)",
+                ctx=ctx,
+                param=param,
+            )
+        if name == "forwarded_allow_ips" and isinstance(item, list):
+            default_map[name] = ",".join(map(str, item))
+        else:
+            default_map[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **default_map}
+
+
+def _option_names(command: click.Command) -> dict[str, str]:
+    """Config file keys -> parameter names: each long flag with ``_`` for ``-``
+    (``reload_dir`` for ``--reload-dir``), and the parameter's own name (``reload_dirs``)."""
+    names: dict[str, str] = {}
+    for param in command.params:
+        if param.name is None or param.name in ("config_file", "version", "help"):
+            continue
+        if not param.expose_value:
+            continue
+        names[param.name] = param.name
+        for opt in param.opts:
+            if opt.startswith("--"):
+                names[opt[2:].replace("-", "_")] = param.name
+    return names
+
+
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -40,7 +88,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.command(
     context_settings={"auto_envvar_prefix": "ASGISERVE", "help_option_names": ["-h", "--help"]}
 )
-@click.argument("app", envvar="ASGISERVE_APP")
+@click.argument("app", envvar="ASGISERVE_APP", required=False)
 @click.option("--host", default=_default("host"), show_default=True, help="Bind to this address.")
 @click.option(
     "--port",
@@ -224,6 +272,28 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="The prefix the app is mounted under behind a proxy (ASGI root_path).",
 )
 @click.option(
+    "--static",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Serve the files in DIR instead of an app (no APP; folder listings and index.html, "
+    "like python -m http.server).",
+)
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="PREFIX=DIR",
+    help="Serve the files in DIR under the URL PREFIX, in front of the app: those requests "
+    "never reach it (repeatable; e.g. --mount /static=./public).",
+)
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    default=_default("follow_symlinks"),
+    help="With --static/--mount: serve symbolic links that point outside the folder.",
+)
+@click.option(
     "--factory",
     is_flag=True,
     default=_default("factory"),
@@ -274,6 +344,89 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Add a response header (repeatable).",
 )
 @click.option(
+    "--access-log-format",
+    default=_default("access_log_format"),
+    show_default=True,
+    help="The access log line: {client} {client_host} {client_port} {method} {scheme} {path} "
+    "{query} {target} {protocol} {status} {bytes} {duration_ms} {pid}, {Name}i (request "
+    "header), {Name}o (response header); {{ and }} for braces.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=_default("log_format"),
+    show_default=True,
+    help="Log lines as text, or as JSON objects (access log fields by name).",
+)
+@click.option(
+    "--log-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Logging configuration applied after ours: dictConfig as .json or .yaml/.yml "
+    "(needs PyYAML), or fileConfig INI (any other extension).",
+)
+@click.option(
+    "--ssl-certfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serve HTTPS/WSS with this PEM certificate (chain).",
+)
+@click.option(
+    "--ssl-keyfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM private key [default: in --ssl-certfile].",
+)
+@click.option("--ssl-keyfile-password", default=None, help="Password of an encrypted key.")
+@click.option(
+    "--ssl-ca-certs",
+    type=click.Path(),
+    default=None,
+    help="CA certificates (file or directory) to verify client certificates against.",
+)
+@click.option(
+    "--ssl-cert-reqs",
+    type=click.IntRange(0, 2),
+    default=_default("ssl_cert_reqs"),
+    show_default=True,
+    help="Client certificates: 0 not requested, 1 optional, 2 required (mTLS).",
+)
+@click.option(
+    "--ssl-ciphers",
+    default=None,
+    help="OpenSSL cipher list for TLS 1.2 and below [default: OpenSSL's].",
+)
+@click.option(
+    "--ssl-version",
+    default=_default("ssl_version"),
+    show_default=True,
+    help="Lowest TLS version accepted: TLSv1_2 or TLSv1_3 (also TLSv1, TLSv1_1).",
+)
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=_default("proxy_headers"),
+    show_default=True,
+    help="Take client address, scheme and host from X-Forwarded-* / Forwarded headers "
+    "sent by --forwarded-allow-ips.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=",".join(_default("forwarded_allow_ips")),
+    show_default=True,
+    envvar=["ASGISERVE_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"],
+    metavar="LIST",
+    help="Comma-separated peers whose proxy headers are trusted: IPs, CIDRs, '*' (any), "
+    "'unix:' (unix socket peers). Also $FORWARDED_ALLOW_IPS.",
+)
+@click.option(
+    "--proxy-protocol",
+    type=click.Choice(["off", "v1", "v2", "auto"]),
+    default=_default("proxy_protocol"),
+    show_default=True,
+    help="Read a PROXY protocol header (HAProxy, cloud load balancers) before TLS and HTTP; "
+    "auto: v1, v2 or none.",
+)
+@click.option(
     "--timeout-keep-alive",
     type=float,
     default=_default("timeout_keep_alive"),
@@ -301,6 +454,20 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=True,
     help="With --workers: seconds a worker's event loop may take to answer a health ping "
     "before the worker is killed and replaced.",
+)
+@click.option(
+    "--timeout-tls-handshake",
+    type=float,
+    default=_default("timeout_tls_handshake"),
+    show_default=True,
+    help="Seconds a client has to complete the TLS handshake.",
+)
+@click.option(
+    "--timeout-proxy-protocol",
+    type=float,
+    default=_default("timeout_proxy_protocol"),
+    show_default=True,
+    help="Seconds for the PROXY protocol header to arrive.",
 )
 @click.option(
     "--limit-concurrency",
@@ -353,6 +520,26 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Max header fields in a request (431).",
 )
 @click.option(
+    "--limit-request-body",
+    type=int,
+    default=None,
+    metavar="BYTES",
+    show_default=_show("limit_request_body"),
+    help="Max bytes in a request body (413 before the app reads past it).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    is_eager=True,
+    expose_value=False,
+    callback=_read_config_file,
+    help="Read options from this TOML file (long option names with '_', e.g. "
+    'root_path = "/api"); without it, [tool.asgiserve] in ./pyproject.toml. '
+    "Command line > environment > file.",
+)
+@click.option(
     "--version",
     is_flag=True,
     expose_value=False,
@@ -360,16 +547,27 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     callback=_print_version,
     help="Show the version and exit.",
 )
-def main(app: str, **options: Any) -> None:
-    """Serve the ASGI application APP, given as "module:attribute" (e.g. main:app)."""
-    from asgiserve.logging import configure_logging
+def main(app: str | None, **options: Any) -> None:
+    """Serve the ASGI application APP, given as "module:attribute" (e.g. main:app), or a
+    folder with --static DIR."""
+    from asgiserve.logging import LogConfigError, configure_logging
     from asgiserve.supervisors import run
 
     options["headers"] = list(options["headers"])
+    if app is None and options["static"] is None:
+        raise click.UsageError("Missing argument 'APP' (or --static DIR to serve a folder).")
     try:
         config = Config.from_options(app, **options)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(config.log_level, access_log=config.access_log)
+    try:
+        configure_logging(
+            config.log_level,
+            access_log=config.access_log,
+            log_format=config.log_format,
+            log_config=config.log_config,
+        )
+    except LogConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     code = run(config)
     sys.exit(code)

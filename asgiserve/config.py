@@ -15,14 +15,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from asgiserve.logging import DEFAULT_ACCESS_LOG_FORMAT, AccessLogFormatError, compile_access_format
 from asgiserve.transport.binding import parse_bind
 
-__all__ = ["DEFAULTS", "Config", "ConfigError", "Limits", "Reload", "Timeouts", "WebSocket"]
+__all__ = [
+    "DEFAULTS",
+    "TLS",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "Reload",
+    "Timeouts",
+    "WebSocket",
+    "parse_tls_version",
+    "split_allow_ips",
+]
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 HTTPChoice = Literal["auto", "httptools", "h11"]
 WSChoice = Literal["auto", "none", "websockets"]
 LifespanChoice = Literal["auto", "on", "off"]
+ProxyProtocolChoice = Literal["off", "v1", "v2", "auto"]
+LogFormatChoice = Literal["text", "json"]
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -43,6 +57,10 @@ class Timeouts:
     #: With workers: a worker whose event loop does not answer the supervisor's health ping
     #: within this many seconds is killed and replaced.
     worker_healthcheck: float = 5.0
+    #: With TLS: a client must complete its handshake within this many seconds of connecting.
+    tls_handshake: float = 10.0
+    #: With ``proxy_protocol``: the PROXY header must arrive within this many seconds.
+    proxy_protocol: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +82,8 @@ class Limits:
     request_head: int = 65536
     #: Header fields in a request (431 beyond).
     request_fields: int = 100
+    #: Bytes in a request body (413 beyond); None: no limit.
+    request_body: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +133,59 @@ class H2:
     max_resets: int = 200
 
 
+@dataclass(frozen=True, slots=True)
+class TLS:
+    """TLS (HTTPS/WSS). CLI flags: ``--ssl-<field>`` (the names uvicorn users know).
+
+    Paths are only checked when the server loads them (:mod:`asgiserve.loading`).
+    """
+
+    #: PEM file with the server certificate (and its chain); TLS is on when this is set.
+    certfile: str | None = None
+    #: PEM file with the private key; None: the key is in ``certfile``.
+    keyfile: str | None = None
+    #: Password of an encrypted ``keyfile``.
+    keyfile_password: str | None = None
+    #: PEM file with the CA certificates client certificates are verified against.
+    ca_certs: str | None = None
+    #: Client certificates: 0 not asked for, 1 optional (verified if sent), 2 required
+    #: (``ssl.CERT_NONE``/``CERT_OPTIONAL``/``CERT_REQUIRED``, as in uvicorn).
+    cert_reqs: int = 0
+    #: OpenSSL cipher list for TLS 1.2 and below; None: OpenSSL's defaults.
+    ciphers: str | None = None
+    #: Lowest TLS version accepted: ``TLSv1_2`` (also ``TLSv1.2``, ``1.2``) or ``TLSv1_3``.
+    version: str = "TLSv1_2"
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
+#: Minimum TLS versions by the spellings ``--ssl-version`` accepts, normalised.
+TLS_VERSIONS = {"1": (1, 0), "1.0": (1, 0), "1.1": (1, 1), "1.2": (1, 2), "1.3": (1, 3)}
+
+
+def parse_tls_version(value: str) -> tuple[int, int]:
+    """``TLSv1_2``, ``TLSv1.2``, ``tls1.2`` or ``1.2`` -> ``(1, 2)``."""
+    text = str(value).strip().lower().replace("_", ".")
+    for prefix in ("tlsv", "tls"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    try:
+        return TLS_VERSIONS[text]
+    except KeyError:
+        raise ConfigError(
+            f"ssl_version must be one of TLSv1, TLSv1_1, TLSv1_2, TLSv1_3; got {value!r}"
+        ) from None
+
+
 _GROUPS: dict[str, tuple[str, type[Any]]] = {
     "timeout_": ("timeouts", Timeouts),
     "limit_": ("limits", Limits),
     "ws_": ("websocket", WebSocket),
     "h2_": ("h2", H2),
+    "ssl_": ("tls", TLS),
     # The group is ``reloader`` because ``reload`` is the top-level switch (``--reload``).
     "reload_": ("reloader", Reload),
 }
@@ -125,8 +193,8 @@ _GROUPS: dict[str, tuple[str, type[Any]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    #: An ASGI app, or an import string ``"module:attribute"``.
-    app: str | Callable[..., Any]
+    #: An ASGI app, or an import string ``"module:attribute"``; None with ``static``.
+    app: str | Callable[..., Any] | None
     host: str = "127.0.0.1"
     port: int = 8000
     uds: str | None = None
@@ -156,19 +224,42 @@ class Config:
     reload: bool = False
     #: Write the server's PID here at start, remove it at exit.
     pid_file: str | None = None
+    #: Apply X-Forwarded-* and Forwarded headers from trusted peers (``forwarded_allow_ips``).
+    proxy_headers: bool = True
+    #: Peers whose forwarding headers are believed: IPs, CIDR networks, ``*`` (any) and
+    #: ``unix:`` (connections on unix sockets). A string is split on commas.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    #: The PROXY protocol header (HAProxy, cloud load balancers) before TLS and HTTP:
+    #: ``off``, ``v1``, ``v2`` or ``auto`` (either version, or none).
+    proxy_protocol: ProxyProtocolChoice = "off"
+    #: The access log line; fields in braces, see :mod:`asgiserve.logging`.
+    access_log_format: str = DEFAULT_ACCESS_LOG_FORMAT
+    #: ``text`` (one line, coloured on a TTY) or ``json`` (one JSON object per line).
+    log_format: LogFormatChoice = "text"
+    #: A logging configuration file: dictConfig in JSON or YAML, or fileConfig INI.
+    log_config: str | None = None
+    #: Serve this folder instead of an app (``--static DIR``): directory listing and
+    #: ``index.html`` on, like ``python -m http.server``.
+    static: str | None = None
+    #: Folders served in front of the app, each ``PREFIX=DIR`` (``--mount /static=DIR``):
+    #: requests at or below PREFIX never reach the app.
+    mounts: tuple[str, ...] = ()
+    #: For ``static`` and ``mounts``: serve symbolic links that point outside the folder.
+    follow_symlinks: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     websocket: WebSocket = field(default_factory=WebSocket)
     #: HTTP/2 (h2c and, with TLS, ALPN "h2") when the ``h2`` package is installed.
     http2: bool = True
     h2: H2 = field(default_factory=H2)
+    tls: TLS = field(default_factory=TLS)
     reloader: Reload = field(default_factory=Reload)
 
     def __post_init__(self) -> None:
         _validate(self)
 
     @classmethod
-    def from_options(cls, app: str | Callable[..., Any], **options: Any) -> Config:
+    def from_options(cls, app: str | Callable[..., Any] | None, **options: Any) -> Config:
         """Build a Config from flat option names (the CLI's long flags with ``_``)."""
         top: dict[str, Any] = {}
         grouped: dict[str, dict[str, Any]] = {name: {} for name, _ in _GROUPS.values()}
@@ -187,6 +278,10 @@ class Config:
             top["headers"] = tuple(parse_header(h) for h in top["headers"])
         if "bind" in top:
             top["bind"] = _strings(top["bind"])
+        if "mounts" in top:
+            top["mounts"] = _strings(top["mounts"])
+        if "forwarded_allow_ips" in top:
+            top["forwarded_allow_ips"] = split_allow_ips(top["forwarded_allow_ips"])
         for name in ("dirs", "includes", "excludes"):
             if name in grouped["reloader"]:
                 grouped["reloader"][name] = _strings(grouped["reloader"][name])
@@ -253,6 +348,8 @@ def _validate(config: Config) -> None:
         ("http", ("auto", "httptools", "h11")),
         ("ws", ("auto", "none", "websockets")),
         ("lifespan", ("auto", "on", "off")),
+        ("proxy_protocol", ("off", "v1", "v2", "auto")),
+        ("log_format", ("text", "json")),
         ("log_level", LOG_LEVELS),
     ):
         if getattr(config, name) not in allowed:
@@ -265,8 +362,17 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"root_path must start with '/' and not end with one, got {config.root_path!r}"
         )
-    if not isinstance(config.app, str) and not callable(config.app):
+    if config.app is None:
+        if config.static is None:
+            raise ConfigError(
+                "an app is required: an ASGI application or an import string 'module:attr' "
+                "(or static, to serve a folder)"
+            )
+    elif config.static is not None:
+        raise ConfigError("static serves a folder in place of an app: give an app or static")
+    elif not isinstance(config.app, str) and not callable(config.app):
         raise ConfigError("app must be an ASGI application or an import string 'module:attr'")
+    _validate_static(config)
     for f in dataclasses.fields(Timeouts):
         _positive(f"timeout_{f.name}", getattr(config.timeouts, f.name))
     limits = config.limits
@@ -285,6 +391,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("limit_request_line cannot exceed limit_request_head")
     for header in config.headers:
         parse_header(header)
+    _positive("limit_request_body", limits.request_body, allow_none=True)
+    _validate_edge(config)
     _validate_process_model(config)
 
 
@@ -305,7 +413,11 @@ def _validate_process_model(config: Config) -> None:
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
         raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
-    if (workers is not None or config.reload) and not isinstance(config.app, str):
+    if (
+        (workers is not None or config.reload)
+        and not isinstance(config.app, str)
+        and config.static is None
+    ):
         # Worker processes import the app themselves; an app object cannot cross into them.
         option = "reload" if config.reload else "workers"
         raise ConfigError(
@@ -329,3 +441,69 @@ def _validate_process_model(config: Config) -> None:
         values = getattr(config.reloader, name)
         if not isinstance(values, tuple) or not all(isinstance(v, str) and v for v in values):
             raise ConfigError(f"reload_{name} must be a list of non-empty strings")
+
+
+def parse_mount(mount: str) -> tuple[str, str]:
+    """``"/static=DIR"`` -> ``("/static", "DIR")``, the prefix checked."""
+    prefix, sep, directory = mount.partition("=")
+    if not sep or not directory:
+        raise ConfigError(f"mounts {mount!r}: expected PREFIX=DIR, e.g. /static=./public")
+    if not prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "?#\0"):
+        raise ConfigError(
+            f"mounts {mount!r}: the prefix must start with '/' and not end with one "
+            "(to serve a folder at '/', use static)"
+        )
+    return prefix, directory
+
+
+def _validate_static(config: Config) -> None:
+    """``static``, ``mounts``: shapes only; whether the folders exist is checked on load."""
+    if config.static is not None and (not isinstance(config.static, str) or not config.static):
+        raise ConfigError(f"static must be a folder path, got {config.static!r}")
+    if not isinstance(config.mounts, tuple) or not all(isinstance(m, str) for m in config.mounts):
+        raise ConfigError("mounts must be a list of PREFIX=DIR strings")
+    prefixes = [parse_mount(mount)[0] for mount in config.mounts]
+    for prefix in prefixes:
+        if prefixes.count(prefix) > 1:
+            raise ConfigError(f"mounts: the prefix {prefix!r} is given more than once")
+
+
+def split_allow_ips(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``"10.0.0.0/8, 127.0.0.1"`` or a list of entries -> a tuple of stripped entries."""
+    items = value.split(",") if isinstance(value, str) else [i for v in value for i in v.split(",")]
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _validate_edge(config: Config) -> None:
+    """TLS, proxies and logging: the options of the edge."""
+    from asgiserve.middleware.proxy_headers import TrustedPeers
+
+    try:
+        TrustedPeers(config.forwarded_allow_ips)
+    except ValueError as exc:
+        raise ConfigError(f"forwarded_allow_ips: {exc}") from None
+    try:
+        compile_access_format(config.access_log_format)
+    except AccessLogFormatError as exc:
+        raise ConfigError(f"access_log_format: {exc}") from None
+    tls = config.tls
+    parse_tls_version(tls.version)
+    if tls.cert_reqs not in (0, 1, 2) or isinstance(tls.cert_reqs, bool):
+        raise ConfigError(
+            f"ssl_cert_reqs must be 0 (none), 1 (optional) or 2 (required), got {tls.cert_reqs!r}"
+        )
+    if not tls.enabled:
+        given = [
+            f"ssl_{name}"
+            for name in ("keyfile", "keyfile_password", "ca_certs", "ciphers")
+            if getattr(tls, name) is not None
+        ]
+        if tls.cert_reqs:
+            given.append("ssl_cert_reqs")
+        if given:
+            raise ConfigError(f"{', '.join(given)} given without ssl_certfile: TLS is off")
+    elif tls.cert_reqs and tls.ca_certs is None:
+        raise ConfigError(
+            "ssl_cert_reqs asks for client certificates: ssl_ca_certs must name the CA "
+            "certificates to verify them against"
+        )

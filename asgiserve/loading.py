@@ -7,30 +7,38 @@ Each function returns a new object and leaves the Config alone. Failures raise
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from asgiserve.config import Config
+from asgiserve.config import TLS, Config, parse_tls_version
 
 if TYPE_CHECKING:
+    import ssl
+
     from asgiserve.asgi.types import ASGIApp, Receive, Scope, Send
     from asgiserve.transport.state import ParserFactory
+    from asgiserve.transport.tls import TLSInfo
 
 __all__ = [
     "LoadError",
+    "alpn_protocols",
+    "create_ssl_context",
     "http2_available",
     "load_app",
     "load_env_file",
+    "load_tls",
     "new_event_loop",
     "parser_factory",
     "resolve_http",
     "resolve_loop",
     "resolve_ws",
+    "wrap_app",
 ]
 
 INSTALL_HINT = "install it with: pip install 'asgiserve[standard]'"
@@ -60,7 +68,10 @@ def import_from_string(import_str: str) -> Any:
 
 
 def load_app(config: Config) -> ASGIApp:
-    """Import (or take) the app, call it if it is a factory, and adapt ASGI 2 to ASGI 3."""
+    """Import (or take) the app, call it if it is a factory, and adapt ASGI 2 to ASGI 3;
+    with ``static``/``mounts``, serve folders instead of it or in front of it."""
+    if config.static is not None or config.mounts:
+        return _load_static(config)
     app: Any = config.app
     if isinstance(app, str):
         app_dir = os.path.abspath(config.app_dir)
@@ -77,6 +88,38 @@ def load_app(config: Config) -> ASGIApp:
     if not callable(app):
         raise LoadError(f"The app {config.app!r} is not callable (got {type(app).__name__}).")
     return app if is_asgi3(app) else _ASGI2Adapter(app)
+
+
+def _load_static(config: Config) -> ASGIApp:
+    from asgiserve.apps.mounts import Mounts
+    from asgiserve.config import parse_mount
+
+    app: ASGIApp
+    if config.static is not None:
+        # Like ``python -m http.server``: listings on.
+        app = _static_files(f"--static {config.static}", config.static, config, listing=True)
+    else:
+        app = load_app(dataclasses.replace(config, mounts=()))
+    if config.mounts:
+        mounts = []
+        for mount in config.mounts:
+            prefix, directory = parse_mount(mount)
+            mounts.append(
+                (prefix, _static_files(f"--mount {mount}", directory, config, listing=False))
+            )
+        app = Mounts(app, mounts)
+    return app
+
+
+def _static_files(option: str, directory: str, config: Config, *, listing: bool) -> ASGIApp:
+    from asgiserve.apps.static import StaticFiles
+
+    try:
+        return StaticFiles(
+            os.path.abspath(directory), listing=listing, follow_symlinks=config.follow_symlinks
+        )
+    except OSError:
+        raise LoadError(f"{option}: no such folder") from None
 
 
 def is_asgi3(app: Any) -> bool:
@@ -209,3 +252,87 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         return loop
     return asyncio.new_event_loop()
+
+
+# -- the edge: middleware in front of the app, TLS ------------------------------------------------
+
+
+def wrap_app(app: ASGIApp, config: Config) -> ASGIApp:
+    """The server's own middleware around the loaded app (in every worker): proxy headers."""
+    if config.proxy_headers:
+        from asgiserve.middleware.proxy_headers import ProxyHeadersMiddleware, TrustedPeers
+
+        app = ProxyHeadersMiddleware(app, TrustedPeers(config.forwarded_allow_ips))
+    return app
+
+
+def alpn_protocols(*, http2: bool = False) -> list[str]:
+    """What TLS listeners offer in ALPN (RFC 7301), in our order of preference: ``h2`` first
+    when HTTP/2 is on (RFC 9113 section 3.2), then ``http/1.1``."""
+    return ["h2", "http/1.1"] if http2 else ["http/1.1"]
+
+
+def create_ssl_context(tls: TLS, *, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
+    """A server-side SSL context from the ``--ssl-*`` options; :class:`LoadError` names the
+    file or option at fault."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    major, minor = parse_tls_version(tls.version)
+    context.minimum_version = {
+        (1, 0): ssl.TLSVersion.TLSv1,
+        (1, 1): ssl.TLSVersion.TLSv1_1,
+        (1, 2): ssl.TLSVersion.TLSv1_2,
+        (1, 3): ssl.TLSVersion.TLSv1_3,
+    }[major, minor]
+    # Renegotiation (TLS 1.2 and below) lets a client make us do handshakes for free.
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert tls.certfile is not None
+    try:
+        context.load_cert_chain(tls.certfile, tls.keyfile, tls.keyfile_password)
+    except FileNotFoundError:
+        # OpenSSL does not say which of the two files it could not find.
+        option, missing = (
+            ("--ssl-certfile", tls.certfile)
+            if not os.path.isfile(tls.certfile)
+            else ("--ssl-keyfile", tls.keyfile)
+        )
+        raise LoadError(f"{option}: no such file {missing!r}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise LoadError(
+            f"Cannot load the certificate {tls.certfile!r}"
+            + (f" with the key {tls.keyfile!r}" if tls.keyfile else "")
+            + f": {exc} (wrong file, or a wrong or missing --ssl-keyfile-password?)"
+        ) from None
+    context.verify_mode = (ssl.CERT_NONE, ssl.CERT_OPTIONAL, ssl.CERT_REQUIRED)[tls.cert_reqs]
+    if tls.ca_certs is not None:
+        try:
+            if os.path.isdir(tls.ca_certs):
+                context.load_verify_locations(capath=tls.ca_certs)
+            else:
+                context.load_verify_locations(cafile=tls.ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise LoadError(f"Cannot load --ssl-ca-certs {tls.ca_certs!r}: {exc}") from None
+    if tls.ciphers is not None:
+        try:
+            context.set_ciphers(tls.ciphers)
+        except ssl.SSLError:
+            raise LoadError(f"--ssl-ciphers {tls.ciphers!r}: no cipher matches") from None
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def load_tls(tls: TLS, *, http2: bool = False) -> tuple[ssl.SSLContext, TLSInfo] | None:
+    """The SSL context and the per-listener facts of the ``tls`` extension; None without TLS."""
+    if not tls.enabled:
+        return None
+    from asgiserve.transport.tls import TLSInfo, server_cert_pem
+
+    context = create_ssl_context(tls, alpn=alpn_protocols(http2=http2))
+    assert tls.certfile is not None
+    try:
+        with open(tls.certfile, encoding="latin-1") as file:
+            server_cert = server_cert_pem(file.read())
+    except OSError:
+        server_cert = None
+    return context, TLSInfo.from_context(context, server_cert)

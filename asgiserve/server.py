@@ -24,10 +24,12 @@ from asgiserve.loading import (
     http2_available,
     load_app,
     load_env_file,
+    load_tls,
     parser_factory,
     resolve_http,
     resolve_loop,
     resolve_ws,
+    wrap_app,
 )
 from asgiserve.logging import make_access_log
 from asgiserve.transport.binding import (
@@ -41,6 +43,7 @@ from asgiserve.transport.connection import HTTP11Connection
 from asgiserve.transport.state import ServerState
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Sequence
 
     from asgiserve.asgi.types import ASGIApp
@@ -99,7 +102,8 @@ class Server:
         self.started = False
         self.state: ServerState | None = None
         self.sockets: list[socket.socket] = []
-        self._servers: list[asyncio.base_events.Server] = []
+        #: asyncio servers, or PROXY protocol listeners (close() and wait_closed() alike).
+        self._servers: list[Any] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._signals: list[int] = []
 
@@ -129,7 +133,8 @@ class Server:
         try:
             if config.env_file:
                 load_env_file(config.env_file)
-            app = load_app(config)
+            app = wrap_app(load_app(config), config)
+            tls = load_tls(config.tls, http2=http2_available(config.http2))
             ws_enabled = resolve_ws(config.ws) == "websockets"
             factory = parser_factory(
                 config.http,
@@ -157,10 +162,21 @@ class Server:
             except LifespanFailure as exc:
                 raise StartupFailure(f"Application startup failed: {exc}") from exc
             state = self.state = self._make_state(app, loop, factory, lifespan_state, ws_enabled)
+            if tls is not None:
+                state.tls = tls[1]
             self._tick()
+            ssl_context = tls[0] if tls is not None else None
             for sock in self.sockets:
+                if config.proxy_protocol != "off":
+                    self._servers.append(self._listen_proxy_protocol(loop, sock, ssl_context))
+                    continue
                 server = await loop.create_server(
-                    lambda: HTTP11Connection(state), sock=sock, backlog=config.backlog
+                    lambda: HTTP11Connection(state),
+                    sock=sock,
+                    backlog=config.backlog,
+                    # asyncio and uvloop both drop a client that connects and never completes
+                    # its handshake after this long.
+                    **({} if ssl_context is None else self._ssl_options(ssl_context)),
                 )
                 self._servers.append(server)
             self._log_started(loop)
@@ -176,6 +192,33 @@ class Server:
                 self._tick_handle.cancel()
             if own_sockets:
                 self._close_sockets()
+
+    def _ssl_options(self, ssl_context: ssl.SSLContext) -> dict[str, Any]:
+        return {"ssl": ssl_context, "ssl_handshake_timeout": self.config.timeouts.tls_handshake}
+
+    def _listen_proxy_protocol(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
+        """A listener that reads the PROXY header before TLS and HTTP (--proxy-protocol)."""
+        from asgiserve.transport.proxy_protocol import ProxyProtocolListener
+
+        config, state = self.config, self.state
+        assert state is not None and config.proxy_protocol != "off"
+        listener = ProxyProtocolListener(
+            loop,
+            sock,
+            lambda: HTTP11Connection(state),
+            mode=config.proxy_protocol,
+            timeout=config.timeouts.proxy_protocol,
+            ssl=ssl_context,
+            ssl_handshake_timeout=config.timeouts.tls_handshake,
+            backlog=config.backlog,
+        )
+        listener.start()
+        return listener
 
     def _listeners(self) -> list[Listener]:
         config = self.config
@@ -216,7 +259,10 @@ class Server:
             head_timeout=config.timeouts.request_head,
             root_path=config.root_path,
             lifespan_state=lifespan_state,
-            access_log=make_access_log(loop.time) if config.access_log else None,
+            access_log=(
+                make_access_log(loop.time, config.access_log_format) if config.access_log else None
+            ),
+            limit_request_body=config.limits.request_body,
             limit_concurrency=config.limits.concurrency,
             limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,
@@ -253,7 +299,7 @@ class Server:
             logger.info(
                 "asgiserve running on %s (loop: %s, http: %s, ws: %s, pid: %d)"
                 " - press CTRL+C to quit",
-                describe(sock),
+                describe(sock, "https" if self.config.tls.enabled else "http"),
                 loop_name,
                 http,
                 ws,

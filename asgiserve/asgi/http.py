@@ -14,6 +14,12 @@ order and types, no body for HEAD/1xx/204/304 (RFC 9110 sections 6.4.1 and 9.3.2
 Content-Length honoured exactly, ``100 Continue`` sent only once the app asks for the body
 (RFC 9110 section 10.1.1), a 500 when the app fails before responding and an abort after.
 How a response is framed on the wire is the sink's business (:class:`ResponseSink`).
+
+A body part may also come from a file (the ``http.response.pathsend`` and
+``http.response.zerocopysend`` extensions, offered to every request): the same rules apply,
+and the sink's one file method, ``send_file``, moves the bytes (``sendfile(2)`` where it can).
+These message types are checked only after ``http.response.body`` fails to match, so the
+ordinary path pays nothing for them.
 """
 
 from __future__ import annotations
@@ -118,10 +124,22 @@ BODY_HIGH_WATER = 65536
 
 _NO_BODY_STATUSES = frozenset((204, 304))
 _SERVER_ERROR_BODY = b"Internal Server Error"
+_TOO_LARGE_BODY = b"Content Too Large"
+_TOO_LARGE_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_TOO_LARGE_BODY)).encode()),
+]
 _SERVER_ERROR_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-length", str(len(_SERVER_ERROR_BODY)).encode()),
 ]
+
+
+def _length_mismatch(sent: int, declared: int, more_body: bool) -> RuntimeError:
+    return RuntimeError(
+        f"Response body of {'at least ' if more_body else ''}{sent} bytes does not match "
+        f"the declared Content-Length of {declared}"
+    )
 
 
 class HTTPCycle:
@@ -129,6 +147,7 @@ class HTTPCycle:
 
     __slots__ = (
         "body_allowed",
+        "body_budget",
         "buffered",
         "bytes_sent",
         "chunks",
@@ -145,6 +164,7 @@ class HTTPCycle:
         "request_complete",
         "request_delivered",
         "response_headers",
+        "running",
         "scope",
         "sink",
         "status",
@@ -162,9 +182,21 @@ class HTTPCycle:
         expect_continue: bool,
         has_body: bool,
         on_complete: Callable[[HTTPCycle], None] | None = None,
+        body_limit: int | None = None,
+        declared_length: int | None = None,
     ) -> None:
         self.scope = scope
         self.sink = sink
+        #: Request body bytes still allowed (``--limit-request-body``); None: no limit. Below
+        #: zero once the body is known to be too large: a declared Content-Length over the
+        #: limit is refused before the app runs.
+        self.body_budget = body_limit
+        if body_limit is not None:
+            #: Set once run() starts: before that, a refusal waits for run() to answer it.
+            #: (Only with a limit: nothing reads it otherwise.)
+            self.running = False
+            if declared_length is not None and declared_length > body_limit:
+                self.body_budget = -1
         self.phase = Phase.START
         self.status = 0
         self.response_headers: list[tuple[bytes, bytes]] = []
@@ -195,6 +227,20 @@ class HTTPCycle:
 
     def feed_body(self, data: bytes) -> bool:
         """Buffer request body bytes; True when the sink should stop reading for now."""
+        budget = self.body_budget
+        if budget is not None:
+            # Counted before buffering, so the app never sees a byte beyond the limit.
+            if budget - len(data) < 0:
+                if budget >= 0:
+                    if self.running:
+                        self._reject_body()
+                    else:
+                        # Queued behind a pipelined request: run() answers it in turn.
+                        self.body_budget = -1
+                        self.chunks.clear()
+                        self.buffered = 0
+                return True
+            self.body_budget = budget - len(data)
         self.chunks.append(data)
         self.buffered += len(data)
         self._wake()
@@ -273,7 +319,7 @@ class HTTPCycle:
             more_body = message.get("more_body", False)
             if type(body) is not bytes:
                 body = self._coerce_body(body)
-            self._count(len(body), more_body)
+            self._count(body, more_body)
             sink = self.sink
             # With trailers to come, the wire response is not over at the last body part.
             wire_more = more_body or self.trailers_expected
@@ -359,18 +405,25 @@ class HTTPCycle:
         self.body_allowed = not (self.head_request or status in _NO_BODY_STATUSES)
         self.phase = Phase.HEAD
 
-    def _count(self, size: int, more_body: bool) -> None:
+    def _count(self, body: bytes, more_body: bool) -> None:
+        if not self.body_allowed:
+            return
+        sent = self.bytes_sent + len(body)
+        self.bytes_sent = sent
+        declared = self.content_length
+        if declared is not None and (sent > declared or (not more_body and sent < declared)):
+            # The framing would be wrong on the wire: fail the app's send instead.
+            raise _length_mismatch(sent, declared, more_body)
+
+    def _count_length(self, size: int, more_body: bool) -> None:
+        """:meth:`_count` for a body part of ``size`` bytes sent from a file."""
         if not self.body_allowed:
             return
         sent = self.bytes_sent + size
         self.bytes_sent = sent
         declared = self.content_length
         if declared is not None and (sent > declared or (not more_body and sent < declared)):
-            # The framing would be wrong on the wire: fail the app's send instead.
-            raise RuntimeError(
-                f"Response body of {'at least ' if more_body else ''}{sent} bytes does not match "
-                f"the declared Content-Length of {declared}"
-            )
+            raise _length_mismatch(sent, declared, more_body)
 
     async def _send_file(self, message: Message, phase: Phase) -> None:
         """``http.response.pathsend`` and ``http.response.zerocopysend`` (ASGI extensions): a
@@ -410,13 +463,19 @@ class HTTPCycle:
         else:
             raise RuntimeError(f"Expected 'http.response.body', got {message_type!r}")
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ValueError(f"{message_type!r} needs a regular file")
-            if type(offset) is not int or offset < 0 or (count is not None and count < 0):
+            if (
+                type(offset) is not int
+                or offset < 0
+                or (count is not None and (type(count) is not int or count < 0))
+            ):
                 raise ValueError(f"Invalid offset {offset!r} or count {count!r}")
-            available = max(info.st_size - offset, 0)
-            count = available if count is None else min(count, available)
+            if count is None:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise ValueError(f"{message_type!r} needs a regular file")
+                count = max(info.st_size - offset, 0)
+            # With a count, no fstat (a cost per response): a file shorter than that, or
+            # not a regular file, fails in the sink and the response is aborted.
             wire_more = more_body or self.trailers_expected
             if (
                 phase is Phase.HEAD
@@ -431,7 +490,7 @@ class HTTPCycle:
                     *self.response_headers,
                     (b"content-length", b"%d" % count),
                 ]
-            self._count(count, more_body)
+            self._count_length(count, more_body)
             sink = self.sink
             sending = count > 0 and self.body_allowed
             if phase is Phase.HEAD:
@@ -468,6 +527,16 @@ class HTTPCycle:
 
     async def run(self, app: ASGIApp) -> None:
         """Run the app for this request; the one place app failures become responses."""
+        budget = self.body_budget
+        if budget is not None:
+            self.running = True
+            if budget < 0:
+                # The declared Content-Length is over the limit (or the body went over it
+                # before our turn came): 413 without running the app (and, with "Expect:
+                # 100-continue", without inviting the body).
+                self._reject_body()
+                self._unregister()
+                return
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -477,6 +546,10 @@ class HTTPCycle:
         except BaseException as exc:
             if isinstance(exc, ClientDisconnected) and self.disconnected:
                 logger.debug("Client disconnected while the app was sending")
+            elif self.body_budget is not None and self.body_budget < 0:
+                # We told the app the client had gone (the body was too large); frameworks
+                # turn that into an exception of their own.
+                logger.debug("App raised after its request body was refused: %r", exc)
             else:
                 logger.error("Exception in ASGI application", exc_info=exc)
                 self._fail("app raised")
@@ -517,6 +590,34 @@ class HTTPCycle:
             self._complete()
         else:
             logger.debug("Aborting the connection: %s after the response started", why)
+            self._abort_if_unfinished()
+
+    def _reject_body(self) -> None:
+        """The request body is larger than ``--limit-request-body``. The app sees
+        ``http.disconnect`` (never the excess) and its ``send()`` raises; the client gets
+        413 Content Too Large (RFC 9110 section 15.5.14) if no response has started, else
+        the response is cut off. Either way the connection (or stream) does not carry on:
+        the rest of the body was never read."""
+        self.body_budget = -1
+        self.chunks.clear()
+        self.buffered = 0
+        # Nothing more is delivered, not even the end of the body the parser may still
+        # report: the app must not take what it got for the whole body.
+        self.request_delivered = True
+        self.disconnected = True
+        self._wake()
+        phase = self.phase
+        if phase is Phase.START or phase is Phase.HEAD:
+            self.status = 413
+            self.response_headers = _TOO_LARGE_HEADERS
+            self.content_length = len(_TOO_LARGE_BODY)
+            self.header_flags = 0
+            self.body_allowed = not self.head_request
+            self.sink.send_head(self, _TOO_LARGE_BODY if self.body_allowed else b"", False)
+            self.phase = Phase.BODY
+            self.bytes_sent = len(_TOO_LARGE_BODY) if self.body_allowed else 0
+            self._complete()
+        else:
             self._abort_if_unfinished()
 
     def _abort_if_unfinished(self) -> None:

@@ -52,7 +52,14 @@ def http_scope(
     headers: list[tuple[bytes, bytes]],
 ) -> Scope:
     root_path = info.root_path
-    path = decode_path(raw_path)
+    # decode_path(), inlined: this runs for every request.
+    if b"%" in raw_path:
+        path = unquote(raw_path.decode("latin-1"))
+    else:
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            path = raw_path.decode("utf-8", "replace")
     if root_path:
         # ASGI: "path" and "raw_path" include the root path the app is mounted at.
         path = root_path + path
@@ -72,7 +79,8 @@ def http_scope(
         "client": info.client,
         "server": info.server,
         "state": state.copy() if state else {},
-        "extensions": info.extensions.copy() if info.extensions else {},
+        # A copy per request: an app (or HTTP/2) may add to its own.
+        "extensions": {**info.extensions},
     }
 
 
@@ -95,6 +103,10 @@ def websocket_scope(
         if token.strip()
     ]
     state = info.state
+    extensions: dict[str, Any] = {"websocket.http.response": {}}
+    tls = info.extensions.get("tls")
+    if tls is not None:
+        extensions["tls"] = tls
     return {
         "type": "websocket",
         "asgi": ASGI_VERSION,
@@ -109,5 +121,5 @@ def websocket_scope(
         "server": info.server,
         "subprotocols": subprotocols,
         "state": state.copy() if state else {},
-        "extensions": {"websocket.http.response": {}},
+        "extensions": extensions,
     }

@@ -273,6 +273,7 @@ class HTTP2Connection(asyncio.Protocol):
         self.goaway_sent = False
         self.deadline = 0.0
         self.preface_checked = False
+        self.flush_scheduled = False
         self._defaults_source = b""
         self._defaults: list[tuple[bytes, bytes]] = []
         self.trailers: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -327,12 +328,12 @@ class HTTP2Connection(asyncio.Protocol):
                         )
                     )
             else:
-                self.flush()  # h2 has queued the GOAWAY with the right error code
+                self.write_now()  # h2 has queued the GOAWAY with the right error code
             self._close_transport()
             return
         for event in events:
             self._dispatch(event)
-        self.flush()
+        self.write_now()
 
     def _dispatch(self, event: Any) -> None:
         kind = type(event)
@@ -479,6 +480,14 @@ class HTTP2Connection(asyncio.Protocol):
         self._idle_check()
 
     def flush(self) -> None:
+        """Write what h2 has queued, once per loop iteration: the frames of every stream
+        that answered meanwhile leave in one write (one syscall) rather than one each."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.write_now)
+
+    def write_now(self) -> None:
+        self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -536,10 +545,10 @@ class HTTP2Connection(asyncio.Protocol):
             self.h2.close_connection(error_code=code)
         except ProtocolError:
             pass
-        self.flush()
         self._close_transport()
 
     def _close_transport(self) -> None:
+        self.write_now()
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -567,7 +576,7 @@ class HTTP2Connection(asyncio.Protocol):
             # Not h2's close_connection(): its state machine would then refuse to send the
             # responses of the streams in flight, which a graceful GOAWAY lets finish (RFC 9113
             # section 6.8). New streams are refused from here on (_on_request).
-            self.flush()
+            self.write_now()
             if self.transport is not None:
                 self.transport.write(
                     goaway_frame(self.h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR)

@@ -33,6 +33,7 @@ misses it blocks in the syscall, which bounds each call to :data:`SENDFILE_CHUNK
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,19 @@ SENDFILE_CHUNK = 1024 * 1024
 #: Bytes per read in the buffered path: large enough that the thread hop is amortised, small
 #: enough that a slow client holds little memory (one chunk plus the transport's buffer).
 READ_CHUNK = 256 * 1024
+
+
+_SENDFILE = hasattr(os, "sendfile")
+_CLIENT_GONE = frozenset(
+    (
+        errno.EPIPE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENOTCONN,
+        errno.ESHUTDOWN,
+        errno.ETIMEDOUT,
+    )
+)
 
 
 class FileEndedEarly(RuntimeError):
@@ -80,10 +94,14 @@ async def send_file_buffered(
 
 
 class SocketFileSender:
-    """One ``send_file`` over a plain socket: ``os.sendfile`` until done, waiting for
-    writability on a duplicate descriptor when the socket buffer is full."""
+    """``send_file`` for one connection over a plain socket: ``os.sendfile`` until done,
+    waiting for writability on a duplicate descriptor when the socket buffer is full.
 
-    __slots__ = ("dup", "loop", "lost", "sock_fd", "transport", "waiter")
+    Made once per connection (:meth:`for_transport`); ``usable`` is false under TLS, without a
+    socket or without ``os.sendfile``, and the connection then uses :func:`send_file_buffered`.
+    """
+
+    __slots__ = ("dup", "loop", "lost", "sock_fd", "transport", "usable", "waiter")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport, sock_fd: int
@@ -91,9 +109,20 @@ class SocketFileSender:
         self.loop = loop
         self.transport = transport
         self.sock_fd = sock_fd
+        self.usable = sock_fd >= 0
         self.dup = -1
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
+
+    @classmethod
+    def for_transport(
+        cls, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport
+    ) -> SocketFileSender:
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_extra_info("sslcontext") is not None or not _SENDFILE:
+            # TLS: the bytes must be encrypted in user space.
+            return cls(loop, transport, -1)
+        return cls(loop, transport, sock.fileno())
 
     def connection_lost(self) -> None:
         """The connection is gone: stop at the next step."""
@@ -116,9 +145,10 @@ class SocketFileSender:
                     sent = os.sendfile(self.sock_fd, fd, offset, min(count, SENDFILE_CHUNK))
                 except (BlockingIOError, InterruptedError):
                     sent = -1
-                except OSError:
-                    # EPIPE, ECONNRESET, ...: the client is gone.
-                    return False
+                except OSError as exc:
+                    if exc.errno in _CLIENT_GONE:
+                        return False
+                    raise  # EINVAL, EIO, ...: the file's fault, not the client's
                 if sent == 0:
                     raise FileEndedEarly(count)
                 if sent > 0:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from asgiserve.logging import AccessLog
     from asgiserve.protocols.http11 import RequestSink
     from asgiserve.transport.http2 import H2Settings
+    from asgiserve.transport.tls import TLSInfo
     from asgiserve.transport.websocket import WebSocketSettings
 
     class RequestParser:
@@ -78,6 +79,8 @@ class ServerState:
         on_max_requests: Callable[[], None] | None = None,
         websocket: WebSocketSettings | None = None,
         http2: H2Settings | None = None,
+        tls: TLSInfo | None = None,
+        limit_request_body: int | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -94,6 +97,10 @@ class ServerState:
         self.websocket = websocket
         #: None when HTTP/2 is off (``--no-http2`` or no ``h2`` package).
         self.http2 = http2
+        #: The ``tls`` extension's per-listener facts; None without TLS.
+        self.tls = tls
+        #: Largest request body in bytes (413 beyond); None: no limit.
+        self.limit_request_body = limit_request_body
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()

@@ -198,7 +198,7 @@ class WebSocketConnection(asyncio.Protocol):
         response_headers.extend(headers)
         head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
         self.transport.write(head)
-        self._log(101)
+        self._log(101, 0, response_headers)
         if self.pending_out:
             self.transport.write(b"".join(self.pending_out))
             self.pending_out.clear()
@@ -207,12 +207,14 @@ class WebSocketConnection(asyncio.Protocol):
 
     def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self._write_http_response(status, headers, body)
-        self._log(status, len(body))
+        self._log(status, len(body), headers)
 
-    def _log(self, status: int, body_bytes: int = 0) -> None:
+    def _log(
+        self, status: int, body_bytes: int = 0, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         access_log = self.state.access_log
         if access_log is not None and self.cycle is not None:
-            access_log(self.cycle.scope, status, body_bytes, self.started_at)
+            access_log(self.cycle.scope, status, body_bytes, self.started_at, headers or [])
 
     def send_message(self, text: str | None, data: bytes | None) -> None:
         core = self.core

@@ -1,0 +1,43 @@
+"""Serving ASGI apps (static folders, with ``--mount``) under URL prefixes in front of an app.
+
+A request whose path is at or below a prefix goes to that prefix's app, with the prefix added
+to ``root_path`` (``path`` keeps it: ASGI since 2024, as Starlette's ``Mount`` does); every
+other request, and the lifespan protocol, goes to the main app untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from asgiserve.apps.static import route_path
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["Mounts"]
+
+
+class Mounts:
+    """``Mounts(app, [("/static", StaticFiles("static"))])``."""
+
+    def __init__(self, app: ASGIApp, mounts: Sequence[tuple[str, ASGIApp]]) -> None:
+        for prefix, _ in mounts:
+            if not prefix.startswith("/") or prefix.endswith("/"):
+                raise ValueError(f"mount prefix {prefix!r} must start with '/' and not end with one")
+        self.app = app
+        # Longest first, so that /static/img wins over /static.
+        self.mounts = sorted(mounts, key=lambda mount: len(mount[0]), reverse=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            route = route_path(scope)
+            for prefix, app in self.mounts:
+                if route.startswith(prefix) and (
+                    len(route) == len(prefix) or route[len(prefix)] == "/"
+                ):
+                    child = dict(scope)
+                    child["root_path"] = scope.get("root_path", "") + prefix
+                    await app(child, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,824 @@
+"""Static files: an ordinary ASGI app that serves a directory.
+
+Theory of operation
+-------------------
+:class:`StaticFiles` knows nothing about the server it runs on: mount it in Starlette or
+FastAPI (``app.mount("/static", StaticFiles("static"))``), run it alone
+(``asgiserve --static DIR``), or in front of an app (``asgiserve --mount /static=DIR app:app``).
+
+A request goes through four steps:
+
+1. **The path.** The part of ``scope["path"]`` below ``scope["root_path"]`` (ASGI: ``path``
+   includes the root path the app is mounted at; Starlette's ``Mount`` and asgiserve do this)
+   is split into segments. A NUL, a backslash or a ``..`` segment refuses the request, and so
+   does a dot-segment (a hidden file) unless ``show_hidden``. Percent-decoding was done by the
+   server, so ``%2e%2e`` and ``%2f`` arrive here as ``..`` and ``/`` and are caught the same way.
+2. **The file.** The segments are looked up one at a time under the (resolved) root with
+   ``lstat``. A symbolic link is resolved and must land inside the root, unless
+   ``follow_symlinks``. A folder without a trailing slash is redirected to one; a folder is
+   served as its ``index.html`` (``html``) or as a listing (``listing``).
+3. **The representation.** With ``precompressed``, a sibling ``FILE.br`` or ``FILE.gz`` is
+   served instead when the client's ``Accept-Encoding`` prefers it (RFC 9110 section 12.5.3),
+   with ``Content-Encoding`` and ``Vary: Accept-Encoding``. Its ``ETag`` (from modification
+   time, size and coding) and ``Last-Modified`` drive the conditional requests of RFC 9110
+   section 13 (412, 304) and ``Range``/``If-Range`` of section 14 (206, multipart/byteranges,
+   416).
+4. **The body.** The file is opened once and everything sent comes from that descriptor:
+   with the ``http.response.zerocopysend`` extension the server sends it with ``sendfile(2)``;
+   with only ``http.response.pathsend``, the server opens the path itself; otherwise the file
+   is read in chunks in a worker thread, so a large file never blocks the event loop nor sits
+   in memory.
+
+File-system errors become 403 (permission) or 404 (anything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterable
+from email.utils import formatdate, mktime_tz, parsedate_tz
+from mimetypes import guess_type
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from asgiserve.asgi.types import Message, Receive, Scope, Send
+
+__all__ = ["StaticFiles"]
+
+#: Bytes per read when the server offers no file extension.
+CHUNK_SIZE = 256 * 1024
+#: More ranges than this in one request are ignored (the whole file is sent): a guard against
+#: requests for many tiny ranges (RFC 9110 section 14.2 allows ignoring them).
+MAX_RANGES = 64
+
+_ALLOW = b"GET, HEAD"
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# Segments that start with a dot are hidden, except RFC 8615's well-known URIs, which exist to
+# be served.
+_NOT_HIDDEN = frozenset({".well-known"})
+# Request headers the conditional and range logic reads; list-valued ones are joined.
+_WANTED_HEADERS = frozenset(
+    {
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"range",
+        b"if-range",
+        b"accept-encoding",
+    }
+)
+# Precompressed siblings, in our order of preference when the client likes them equally.
+_CODINGS = (("br", ".br"), ("gzip", ".gz"))
+
+# Types the mimetypes module (or the system's mime.types) gets wrong, lacks, or gets from the
+# last suffix as an *encoding* (.gz, .br), which must not become a Content-Encoding here.
+_TYPES: dict[str, str] = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".cjs": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".wasm": "application/wasm",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/x-icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".ttf": "font/ttf",
+    ".otf": "font/otf",
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+    ".gz": "application/gzip",
+    ".tgz": "application/gzip",
+    ".br": "application/x-brotli",
+    ".bz2": "application/x-bzip2",
+    ".xz": "application/x-xz",
+    ".zst": "application/zstd",
+}
+_DEFAULT_TYPE = "application/octet-stream"
+
+
+class _Refused(Exception):
+    """The request gets an error status instead of a file."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+#: The representation chosen for a request, opened for GET (fd -1 for HEAD): path, fd,
+#: stat, content coding, the request headers that matter, the response headers so far.
+_Plan = tuple[str, int, os.stat_result, "str | None", dict[bytes, bytes], list[tuple[bytes, bytes]]]
+
+
+def _status_for(exc: OSError) -> int:
+    return 403 if isinstance(exc, PermissionError) else 404
+
+
+class StaticFiles:
+    """Serve the files under ``directory``.
+
+    :param html: serve ``index.html`` for a folder, and ``404.html`` (from the root) with
+        404 responses when there is one.
+    :param listing: serve an HTML listing for folders without ``index.html``.
+    :param follow_symlinks: serve symbolic links that point outside the directory.
+    :param show_hidden: serve (and list) files and folders whose name starts with a dot.
+    :param cache_control: the ``Cache-Control`` of files (None: no header). The default makes
+        browsers revalidate each time, which the ETag turns into a cheap 304.
+    :param precompressed: serve ``FILE.br``/``FILE.gz`` when the client accepts them.
+    :param check_dir: raise at construction if ``directory`` is not a folder.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        html: bool = True,
+        listing: bool = False,
+        follow_symlinks: bool = False,
+        show_hidden: bool = False,
+        cache_control: str | None = "no-cache",
+        precompressed: bool = True,
+        index: str = "index.html",
+        check_dir: bool = True,
+    ) -> None:
+        self.directory = os.fspath(directory)
+        # Resolved once: every path served must be below this one.
+        self.root = os.path.realpath(self.directory)
+        if check_dir and not os.path.isdir(self.root):
+            raise NotADirectoryError(f"{self.directory!r} is not a directory")
+        self.html = html
+        self.listing = listing
+        self.follow_symlinks = follow_symlinks
+        self.show_hidden = show_hidden
+        self.cache_control = None if cache_control is None else cache_control.encode("latin-1")
+        self.precompressed = precompressed
+        self.index = index
+        # O_NONBLOCK: a FIFO swapped in after the lstat must not block the event loop on open
+        # (it is harmless for regular files). O_NOFOLLOW: the path was resolved, so a symlink
+        # there appeared since; refuse it.
+        self._open_flags = _OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+        self._types: dict[str, bytes] = {}
+        self._dates: dict[int, bytes] = {}
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "websocket":
+            # Closing before accepting is a 403 to the client (ASGI WebSocket spec).
+            await send({"type": "websocket.close", "code": 1008})
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            # RFC 9110 section 15.5.6: 405 lists the methods the resource supports.
+            await _simple(send, 405, b"Method Not Allowed", [(b"allow", _ALLOW)], method)
+            return
+        # route_path(scope), inlined.
+        route: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and route.startswith(root_path):
+            rest = route[len(root_path) :]
+            if not rest or rest[0] == "/":
+                route = rest
+        # Only this synchronous part (path checks, lookups, open) can fail into an error
+        # response: once a response has started, a failure is the server's to handle.
+        plan: _Plan | None = None
+        try:
+            parts = self._segments(route)
+            parent, path, info = self._lookup(parts)
+            if stat.S_ISDIR(info.st_mode):
+                if route.endswith("/"):  # else: redirected below
+                    index = self._child(path, self.index) if self.html else None
+                    if index is not None and stat.S_ISREG(index[1].st_mode):
+                        plan = self._plan(scope, path, index[0], self.index, index[1])
+                    elif not self.listing:
+                        raise _Refused(404)
+            elif stat.S_ISREG(info.st_mode) and not route.endswith("/"):
+                plan = self._plan(scope, parent, path, parts[-1], info)
+            else:
+                raise _Refused(404)
+        except _Refused as exc:
+            await self._error(scope, send, exc.status)
+            return
+        except OSError as exc:
+            await self._error(scope, send, _status_for(exc))
+            return
+        if plan is not None:
+            try:
+                await self._respond(scope, send, *plan)
+            finally:
+                if plan[1] >= 0:
+                    os.close(plan[1])
+        elif not route.endswith("/"):
+            await self._redirect_to_folder(scope, send)
+        else:
+            await self._listing(scope, send, path, bool(parts))
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _segments(self, route: str) -> list[str]:
+        if "\x00" in route or "\\" in route:
+            raise _Refused(404)
+        parts = []
+        for part in route.split("/"):
+            if not part or part == ".":
+                continue
+            if part == "..":
+                raise _Refused(404)
+            if part[0] == "." and not self.show_hidden and part not in _NOT_HIDDEN:
+                raise _Refused(404)
+            parts.append(part)
+        return parts
+
+    def _lookup(self, parts: list[str]) -> tuple[str, str, os.stat_result]:
+        """(resolved parent folder, resolved path, stat) of the segments under the root."""
+        root = self.root
+        if not parts:
+            return root, root, os.stat(root)
+        if self.follow_symlinks:
+            # No segment is empty, "." or ".." and none holds a slash: the join stays below.
+            path = os.path.join(root, *parts)
+            return os.path.dirname(path), path, os.stat(path)
+        parent = path = root
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            parent = path
+            path = (parent if parent != "/" else "") + "/" + part
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                path = self._inside(path)
+                info = os.stat(path)
+            if i < last and not stat.S_ISDIR(info.st_mode):
+                raise _Refused(404)
+        return parent, path, info
+
+    def _inside(self, link: str) -> str:
+        """The target of a symbolic link, if it stays under the root."""
+        target = os.path.realpath(link)
+        root = self.root
+        if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+            raise _Refused(404)
+        return target
+
+    def _child(self, folder: str, name: str) -> tuple[str, os.stat_result] | None:
+        """A file in an already resolved folder, with the same symlink rule; None if absent."""
+        path = (folder if folder != "/" else "") + "/" + name
+        try:
+            info = os.stat(path) if self.follow_symlinks else os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                path = self._inside(path)
+                info = os.stat(path)
+        except (OSError, _Refused):
+            return None
+        return path, info
+
+    async def _redirect_to_folder(self, scope: Scope, send: Send) -> None:
+        # A relative reference (RFC 9110 section 10.2.2, RFC 3986 section 5.2) to the last
+        # segment plus a slash is right whatever prefix a proxy or a mount added or removed.
+        full: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and not full.startswith(root_path):
+            full = root_path + full  # the older convention: path below root_path
+        last = full.rsplit("/", 1)[-1]
+        location = quote(last) + "/" if last else "./"
+        query = scope.get("query_string", b"")
+        target = location.encode("ascii") + (b"?" + query if query else b"")
+        await _simple(send, 301, b"", [(b"location", target)], scope["method"])
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _plan(self, scope: Scope, folder: str, path: str, name: str, info: os.stat_result) -> _Plan:
+        """Pick the representation and open it (synchronous: errors become 403/404)."""
+        request: dict[bytes, bytes] = {}
+        for key, value in scope["headers"]:
+            if key in _WANTED_HEADERS:
+                seen = request.get(key)
+                request[key] = value if seen is None else seen + b", " + value
+        headers: list[tuple[bytes, bytes]] = [(b"content-type", self._content_type(name))]
+        coding = None
+        accept_encoding = request.get(b"accept-encoding")
+        # Like nginx's gzip_static, siblings are only looked for when the client accepts a
+        # coding: the response to a client that does not cannot differ, and leaves out Vary.
+        if self.precompressed and accept_encoding:
+            variants = []
+            for candidate, suffix in _CODINGS:
+                found = self._child(folder, name + suffix)
+                if found is not None and stat.S_ISREG(found[1].st_mode):
+                    variants.append((candidate, found))
+            if variants:
+                # Caches must key this resource on Accept-Encoding (RFC 9110 section 12.5.5),
+                # whichever representation this request gets.
+                headers.append((b"vary", b"accept-encoding"))
+                coding = choose_coding(accept_encoding, [c for c, _ in variants])
+                if coding is not None:
+                    path, info = next(found for c, found in variants if c == coding)
+                    headers.append((b"content-encoding", coding.encode("ascii")))
+        fd = -1
+        if scope["method"] == "GET":
+            # Everything sent comes from the open file, so the metadata and the bytes agree
+            # even if the file is replaced meanwhile.
+            fd = self._open(path)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise _Refused(404)
+            except BaseException:
+                os.close(fd)
+                raise
+        return path, fd, info, coding, request, headers
+
+    def _open(self, path: str) -> int:
+        return os.open(path, self._open_flags)
+
+    async def _respond(
+        self,
+        scope: Scope,
+        send: Send,
+        path: str,
+        fd: int,
+        info: os.stat_result,
+        coding: str | None,
+        request: dict[bytes, bytes],
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        size = info.st_size
+        modified = int(info.st_mtime)
+        etag = b'"%x-%x%s"' % (
+            info.st_mtime_ns,
+            size,
+            b"" if coding is None else b"-" + coding.encode("ascii"),
+        )
+        last_modified = self._http_date(modified)
+        validators = [(b"etag", etag)]
+        if self.cache_control is not None:
+            validators.append((b"cache-control", self.cache_control))
+        method = scope["method"]
+        status = evaluate_preconditions(request, etag, modified) if request else 200
+        if status == 304:
+            # RFC 9110 section 15.4.5: the fields a 200 would carry for caches (ETag,
+            # Cache-Control, Vary), not the representation's metadata.
+            vary = [(k, v) for k, v in headers if k == b"vary"]
+            await _send_empty(send, 304, [*validators, *vary])
+            return
+        if status == 412:
+            await _simple(send, 412, b"Precondition Failed", [], method)
+            return
+        headers += validators
+        headers += ((b"last-modified", last_modified), (b"accept-ranges", b"bytes"))
+        ranges = None
+        range_header = request.get(b"range")
+        # RFC 9110 section 14.2: Range is defined for GET only; If-Range (section 13.1.5)
+        # makes it conditional on the validator the client holds.
+        if (
+            range_header is not None
+            and method == "GET"
+            and if_range_holds(request.get(b"if-range"), etag, modified)
+        ):
+            ranges = parse_ranges(range_header, size)
+        if ranges is None:
+            headers.append((b"content-length", b"%d" % size))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if fd >= 0 and "http.response.zerocopysend" in (scope.get("extensions") or ()):
+                # _body(), inlined for the common case.
+                message: Message = {
+                    "type": "http.response.zerocopysend",
+                    "file": fd,
+                    "offset": 0,
+                    "count": size,
+                    "more_body": False,
+                }
+                await send(message)
+            else:
+                await self._body(scope, send, path, fd, 0, size, more_body=False, whole=True)
+            return
+        if not ranges:
+            # RFC 9110 section 15.5.17: none of the ranges overlaps the file.
+            body = b"Range Not Satisfiable"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 416,
+                    "headers": [
+                        (b"content-range", b"bytes */%d" % size),
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", b"%d" % len(body)),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            headers.append((b"content-range", b"bytes %d-%d/%d" % (start, end, size)))
+            headers.append((b"content-length", b"%d" % (end - start + 1)))
+            await send({"type": "http.response.start", "status": 206, "headers": headers})
+            await self._body(scope, send, path, fd, start, end - start + 1, more_body=False)
+            return
+        await self._multipart(scope, send, headers, path, fd, size, ranges)
+
+    async def _multipart(
+        self,
+        scope: Scope,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        path: str,
+        fd: int,
+        size: int,
+        ranges: list[tuple[int, int]],
+    ) -> None:
+        # RFC 9110 section 14.6: each part carries its own Content-Type and Content-Range.
+        boundary = uuid.uuid4().hex.encode("ascii")
+        content_type = headers[0][1]
+        heads = [
+            b"--%s\r\ncontent-type: %s\r\ncontent-range: bytes %d-%d/%d\r\n\r\n"
+            % (boundary, content_type, start, end, size)
+            for start, end in ranges
+        ]
+        closing = b"\r\n--%s--\r\n" % boundary
+        length = sum(len(head) for head in heads) + 2 * (len(ranges) - 1) + len(closing)
+        length += sum(end - start + 1 for start, end in ranges)
+        headers = [
+            (b"content-type", b"multipart/byteranges; boundary=" + boundary),
+            *[(k, v) for k, v in headers if k not in (b"content-type", b"accept-ranges")],
+            (b"content-length", b"%d" % length),
+        ]
+        await send({"type": "http.response.start", "status": 206, "headers": headers})
+        for i, ((start, end), head) in enumerate(zip(ranges, heads, strict=True)):
+            separator = b"\r\n" if i else b""
+            await send({"type": "http.response.body", "body": separator + head, "more_body": True})
+            await self._body(scope, send, path, fd, start, end - start + 1, more_body=True)
+        await send({"type": "http.response.body", "body": closing})
+
+    async def _body(
+        self,
+        scope: Scope,
+        send: Send,
+        path: str,
+        fd: int,
+        offset: int,
+        count: int,
+        *,
+        more_body: bool,
+        whole: bool = False,
+    ) -> None:
+        if fd < 0:  # HEAD: the server drops the body anyway
+            await send({"type": "http.response.body", "body": b"", "more_body": more_body})
+            return
+        extensions = scope.get("extensions") or {}
+        if "http.response.zerocopysend" in extensions:
+            message: Message = {
+                "type": "http.response.zerocopysend",
+                "file": fd,
+                "offset": offset,
+                "count": count,
+                "more_body": more_body,
+            }
+            await send(message)
+            return
+        if whole and "http.response.pathsend" in extensions:
+            await send({"type": "http.response.pathsend", "path": path})
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            size = min(count, CHUNK_SIZE)
+            data = await loop.run_in_executor(None, os.pread, fd, size, offset) if size else b""
+            if len(data) < size:
+                # The file shrank after we announced its length: the response cannot be
+                # completed correctly, so fail it (the server aborts the connection).
+                raise RuntimeError(f"{path}: file ended {count - len(data)} bytes early")
+            offset += size
+            count -= size
+            await send(
+                {"type": "http.response.body", "body": data, "more_body": more_body or count > 0}
+            )
+            if not count:
+                return
+
+    def _content_type(self, name: str) -> bytes:
+        dot = name.rfind(".")
+        suffix = name[dot:].lower() if dot > 0 else ""  # ".profile" has no suffix
+        cached = self._types.get(suffix)
+        if cached is None:
+            media_type = _TYPES.get(suffix) or guess_type("x" + suffix)[0] or _DEFAULT_TYPE
+            if media_type.startswith("text/"):
+                media_type += "; charset=utf-8"
+            cached = self._types[suffix] = media_type.encode("latin-1")
+        return cached
+
+    def _http_date(self, seconds: int) -> bytes:
+        cached = self._dates.get(seconds)
+        if cached is None:
+            if len(self._dates) > 4096:
+                self._dates.clear()
+            cached = self._dates[seconds] = formatdate(seconds, usegmt=True).encode("ascii")
+        return cached
+
+    # -- listings and errors -------------------------------------------------------------------
+
+    async def _listing(self, scope: Scope, send: Send, folder: str, has_parent: bool) -> None:
+        title = scope.get("root_path", "") + route_path(scope)
+        if not title.startswith("/"):
+            title = "/" + title
+        page = await asyncio.get_running_loop().run_in_executor(
+            None, self._render_listing, folder, title, has_parent
+        )
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", b"%d" % len(page)),
+            (b"cache-control", b"no-cache"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": page if scope["method"] == "GET" else b""}
+        )
+
+    def _render_listing(self, folder: str, title: str, has_parent: bool) -> bytes:
+        rows = []
+        for entry, is_dir, size, mtime in sorted(self._entries(folder), key=_listing_order):
+            name = entry + "/" if is_dir else entry
+            rows.append(
+                f'<tr><td><a href="{html.escape(quote(name))}">{html.escape(name)}</a></td>'
+                f"<td>{'-' if is_dir else _human_size(size)}</td>"
+                f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(mtime))}</td></tr>"
+            )
+        parent = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>' if has_parent else ""
+        escaped = html.escape(title)
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Index of {escaped}</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{padding:.2em 1.5em .2em 0;text-align:left}td+td{font-variant-numeric:"
+            "tabular-nums}</style></head><body>"
+            f"<h1>Index of {escaped}</h1><table><thead><tr><th>Name</th><th>Size</th>"
+            f"<th>Modified (UTC)</th></tr></thead><tbody>{parent}{''.join(rows)}</tbody>"
+            "</table></body></html>\n"
+        ).encode()
+
+    def _entries(self, folder: str) -> Iterable[tuple[str, bool, int, float]]:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == "." and not self.show_hidden and name not in _NOT_HIDDEN:
+                        continue
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:
+                        continue  # not valid UTF-8: no request path can name it
+                    try:
+                        if entry.is_symlink() and not self.follow_symlinks:
+                            self._inside(entry.path)
+                        info = entry.stat()
+                    except (OSError, _Refused):
+                        continue  # dangling, unreadable, or pointing outside: not served
+                    is_dir = stat.S_ISDIR(info.st_mode)
+                    if is_dir or stat.S_ISREG(info.st_mode):
+                        yield name, is_dir, info.st_size, info.st_mtime
+        except OSError:
+            return
+
+    async def _error(self, scope: Scope, send: Send, status: int) -> None:
+        if status == 404 and self.html:
+            page = self._child(self.root, "404.html")
+            if page is not None and stat.S_ISREG(page[1].st_mode):
+                try:
+                    body = await asyncio.get_running_loop().run_in_executor(
+                        None, _read_small, page[0]
+                    )
+                except OSError:
+                    pass
+                else:
+                    headers = [(b"content-type", b"text/html; charset=utf-8")]
+                    await _simple(send, 404, body, headers, scope["method"])
+                    return
+        reason = {403: b"Forbidden", 404: b"Not Found"}.get(status, b"Error")
+        await _simple(send, status, reason, [], scope["method"])
+
+
+# -- helpers (pure functions, tested directly) ---------------------------------------------------
+
+
+def route_path(scope: Scope) -> str:
+    """The request path below the mount point.
+
+    ASGI (since 2024, and Starlette's ``Mount``): ``path`` includes ``root_path``. A path
+    that does not start with it comes from a server following the older convention, where
+    ``path`` is already relative.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        rest = path[len(root_path) :]
+        if not rest or rest[0] == "/":
+            return rest
+    return path
+
+
+def choose_coding(accept_encoding: bytes | None, available: list[str]) -> str | None:
+    """The content coding to serve among ``available`` (in our order of preference), or None
+    for the file itself, by the q-values of ``Accept-Encoding`` (RFC 9110 section 12.5.3)."""
+    if not accept_encoding:
+        # No Accept-Encoding means any coding would do (RFC 9110 section 12.5.3), but in
+        # practice such clients (curl, scripts) want the bytes as stored.
+        return None
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(b","):
+        token, _, params = item.partition(b";")
+        coding = token.strip().lower().decode("latin-1")
+        if not coding:
+            continue
+        weight = 1.0
+        for param in params.split(b";"):
+            key, _, value = param.partition(b"=")
+            if key.strip().lower() == b"q":
+                try:
+                    weight = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    weight = 0.0
+        if coding == "x-gzip":  # RFC 9110 section 8.4.1.3
+            coding = "gzip"
+        weights[coding] = weight
+    star = weights.get("*")
+    # Identity is acceptable unless excluded; when it is not named it ranks below any coding
+    # the client named.
+    best: str | None = None
+    best_weight = weights.get("identity", star if star is not None else 0.001)
+    for coding in available:
+        weight = weights.get(coding, star if star is not None else 0.0)
+        if weight > 0 and weight >= best_weight and (best is None or weight > best_weight):
+            best, best_weight = coding, weight
+    return best
+
+
+def evaluate_preconditions(request: dict[bytes, bytes], etag: bytes, modified: int) -> int:
+    """RFC 9110 section 13.2.2, for GET/HEAD: 412, 304, or 200 (go on)."""
+    if_match = request.get(b"if-match")
+    if if_match is not None:
+        if not etag_matches(if_match, etag, weak=False):
+            return 412
+    else:
+        since = _parse_date(request.get(b"if-unmodified-since"))
+        if since is not None and modified > since:
+            return 412
+    if_none_match = request.get(b"if-none-match")
+    if if_none_match is not None:
+        if etag_matches(if_none_match, etag, weak=True):
+            return 304
+    else:
+        since = _parse_date(request.get(b"if-modified-since"))
+        if since is not None and modified <= since:
+            return 304
+    return 200
+
+
+def etag_matches(header: bytes, etag: bytes, *, weak: bool) -> bool:
+    """Whether a list of entity tags (or ``*``) matches ``etag`` (RFC 9110 section 8.8.3.2:
+    weak comparison for If-None-Match, strong for If-Match)."""
+    if header.strip() == b"*":
+        return True
+    for item in header.split(b","):
+        tag = item.strip()
+        if tag.startswith(b"W/"):
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+def if_range_holds(header: bytes | None, etag: bytes, modified: int) -> bool:
+    """RFC 9110 section 13.1.5: a Range applies when If-Range is absent or still true; an
+    entity tag is compared strongly, a date must equal Last-Modified exactly."""
+    if header is None:
+        return True
+    value = header.strip()
+    if value.startswith((b'"', b"W/")):
+        return value == etag
+    return _parse_date(value) == modified
+
+
+def parse_ranges(header: bytes, size: int) -> list[tuple[int, int]] | None:
+    """The satisfiable byte ranges (first, last inclusive) of a Range header (RFC 9110
+    section 14.1.2); ``[]`` when none is satisfiable (416); None when the header is to be
+    ignored (another unit, bad syntax, too many ranges: the whole file is sent)."""
+    unit, sep, specs = header.partition(b"=")
+    if not sep or unit.strip().lower() != b"bytes":
+        return None
+    ranges: list[tuple[int, int]] = []
+    seen = 0
+    for item in specs.split(b","):
+        spec = item.strip()
+        if not spec:
+            continue
+        seen += 1
+        if seen > MAX_RANGES:
+            return None
+        first, dash, last = spec.partition(b"-")
+        first, last = first.strip(), last.strip()
+        if not dash or not (first.isdigit() or (not first and last.isdigit())):
+            return None
+        if last and not last.isdigit():
+            return None
+        if first:
+            start = int(first)
+            end = int(last) if last else size - 1
+            if last and end < start:
+                return None  # invalid range-spec (section 14.1.1)
+            if start < size:
+                ranges.append((start, min(end, size - 1)))
+        else:
+            suffix = int(last)
+            if suffix and size:
+                ranges.append((max(size - suffix, 0), size - 1))
+    if not seen:
+        return None
+    if len(ranges) > 1:
+        # Section 14.2: overlapping or adjacent ranges may be coalesced; we do, so that a
+        # client cannot make us send the same bytes many times.
+        ordered = sorted(ranges)
+        merged = [ordered[0]]
+        for start, end in ordered[1:]:
+            last_start, last_end = merged[-1]
+            if start <= last_end + 1:
+                merged[-1] = (last_start, max(last_end, end))
+            else:
+                merged.append((start, end))
+        if len(merged) < len(ranges):
+            ranges = merged
+    return ranges
+
+
+def _parse_date(value: bytes | None) -> int | None:
+    """An HTTP-date (RFC 9110 section 5.6.7) as a Unix time; None if absent or invalid."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+        return None if parsed is None else int(mktime_tz(parsed))
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+def _listing_order(entry: tuple[str, bool, int, float]) -> tuple[bool, str]:
+    return (not entry[1], entry[0].casefold())
+
+
+def _read_small(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(1024 * 1024)
+
+
+async def _send_empty(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _simple(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    method: str,
+) -> None:
+    """A small response; the content type is plain text unless ``headers`` says otherwise."""
+    fields = list(headers)
+    if body and not any(name == b"content-type" for name, _ in fields):
+        fields.append((b"content-type", b"text/plain; charset=utf-8"))
+    fields.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})

@@ -1,0 +1,1087 @@
+"""Static files: ``StaticFiles`` (an ordinary ASGI app) and the server's file extensions
+(``http.response.pathsend``, ``http.response.zerocopysend`` sent with sendfile(2)), in process.
+
+The server-side tests run on every parser x loop backend; the app's behaviour is the same on
+all of them, so those run on the default one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import socket
+import threading
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgiserve.apps.mounts import Mounts
+from asgiserve.apps.static import (
+    StaticFiles,
+    choose_coding,
+    etag_matches,
+    evaluate_preconditions,
+    if_range_holds,
+    parse_ranges,
+    route_path,
+)
+from asgiserve.config import Config, ConfigError
+from asgiserve.transport.sendfile import FileEndedEarly, SocketFileSender, send_file_buffered
+from tests.conftest import RawClient
+
+DATA = bytes(range(256)) * 400  # 102,400 bytes
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A folder to serve, with a secret next to it (outside)."""
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "data.bin").write_bytes(DATA)
+    (root / "app.js").write_text("console.log(1)")
+    (root / "sub" / "page.txt").write_text("sub page")
+    (root / "sub" / "index.html").write_text("sub index")
+    (root / ".env").write_text("SECRET=1")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "x.txt").write_text("hidden")
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    return root
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, timeout=10, **kwargs)
+
+
+def raw_get(port: int, target: bytes, extra: bytes = b"", method: bytes = b"GET") -> bytes:
+    client = RawClient(port)
+    try:
+        client.send(
+            method
+            + b" "
+            + target
+            + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            + extra
+            + b"\r\n"
+        )
+        return client.recv_until_closed()
+    finally:
+        client.close()
+
+
+# == the server: pathsend and zerocopysend ====================================================
+
+
+def file_app(tmp_path: Path) -> Any:
+    """An app that sends files in the ways the extensions allow, chosen by the path."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen["extensions"] = scope["extensions"]
+        route = scope["path"]
+        if route == "/pathsend":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.pathsend", "path": str(path)})
+        elif route == "/missing":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.pathsend", "path": str(tmp_path / "nope")})
+        elif route == "/slice":
+            with open(path, "rb") as file:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 206,
+                        "headers": [(b"content-length", b"1000")],
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.zerocopysend",
+                        "file": file,
+                        "offset": 500,
+                        "count": 1000,
+                    }
+                )
+        elif route == "/position":
+            with open(path, "rb") as file:
+                file.seek(100)
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send(
+                    {
+                        "type": "http.response.zerocopysend",
+                        "file": file.fileno(),
+                        "count": 50,
+                        "more_body": True,
+                    }
+                )
+                seen["position"] = os.lseek(file.fileno(), 0, os.SEEK_CUR)
+                await send({"type": "http.response.body", "body": b"|", "more_body": True})
+                await send({"type": "http.response.zerocopysend", "file": file})
+        elif route == "/too-long":
+            with open(path, "rb") as file:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send(
+                    {
+                        "type": "http.response.zerocopysend",
+                        "file": file,
+                        "offset": 0,
+                        "count": 10**7,
+                    }
+                )
+        elif route == "/wrong-length":
+            with open(path, "rb") as file:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-length", b"10")],
+                    }
+                )
+                await send({"type": "http.response.zerocopysend", "file": file, "count": 20})
+        elif route == "/pathsend-late":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await send({"type": "http.response.pathsend", "path": str(path)})
+        elif route == "/not-modified":
+            await send({"type": "http.response.start", "status": 304, "headers": []})
+            await send({"type": "http.response.pathsend", "path": str(path)})
+
+    app.seen = seen  # type: ignore[attr-defined]
+    return app
+
+
+@pytest.mark.usefixtures("backend")
+class TestFileExtensions:
+    def test_every_request_is_offered_pathsend_and_zerocopysend(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        app = file_app(tmp_path)
+        server = serve(app)
+        get(server.url + "/pathsend")
+        assert "http.response.pathsend" in app.seen["extensions"]
+        assert "http.response.zerocopysend" in app.seen["extensions"]
+
+    def test_pathsend_sends_the_whole_file_with_its_length(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        server = serve(file_app(tmp_path))
+        response = get(server.url + "/pathsend")
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(len(DATA))
+        assert response.content == DATA
+
+    def test_pathsend_to_a_head_request_announces_the_length_without_a_body(
+        self, serve: Any, tmp_path: Path, raw: Any
+    ) -> None:
+        # RFC 9110 section 9.3.2: HEAD gets the header fields GET would.
+        server = serve(file_app(tmp_path))
+        client = raw(server.port)
+        client.send(
+            b"HEAD /pathsend HTTP/1.1\r\nHost: t\r\n\r\nGET /pathsend HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        client.head_request = True
+        head = client.read_response()
+        assert head.header(b"content-length") == str(len(DATA)).encode()
+        client.head_request = False
+        assert client.read_response().body == DATA  # nothing extra came after the HEAD
+
+    def test_zerocopysend_sends_the_slice_given_by_offset_and_count(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        server = serve(file_app(tmp_path))
+        response = get(server.url + "/slice")
+        assert response.status_code == 206
+        assert response.content == DATA[500:1500]
+
+    def test_zerocopysend_without_offset_reads_from_the_file_position_and_advances_it(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        app = file_app(tmp_path)
+        server = serve(app)
+        response = get(server.url + "/position")
+        # Parts of unknown total length mixed with body messages: chunked framing.
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.content == DATA[100:150] + b"|" + DATA[150:]
+        assert app.seen["position"] == 150
+
+    def test_file_shorter_than_the_count_aborts_the_response(
+        self, serve: Any, tmp_path: Path, raw: Any
+    ) -> None:
+        server = serve(file_app(tmp_path))
+        client = raw(server.port)
+        client.send(b"GET /too-long HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = client.recv_until_closed()
+        # The head promised 10**7 bytes: the connection is dropped once the file runs out.
+        assert b"content-length: 10000000" in data
+        assert len(data) < 10**7
+
+    def test_zerocopysend_beyond_the_declared_length_fails_before_sending(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        server = serve(file_app(tmp_path))
+        response = get(server.url + "/wrong-length")
+        assert response.status_code == 500
+
+    def test_pathsend_to_a_missing_file_is_a_500(self, serve: Any, tmp_path: Path) -> None:
+        server = serve(file_app(tmp_path))
+        assert get(server.url + "/missing").status_code == 500
+
+    def test_pathsend_after_a_body_part_aborts_the_response(
+        self, serve: Any, tmp_path: Path, raw: Any
+    ) -> None:
+        server = serve(file_app(tmp_path))
+        client = raw(server.port)
+        client.send(b"GET /pathsend-late HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = client.recv_until_closed()
+        assert data.startswith(b"HTTP/1.1 200")
+        assert not data.endswith(b"0\r\n\r\n")  # never completed
+
+    def test_pathsend_with_a_304_sends_no_body(self, serve: Any, tmp_path: Path, raw: Any) -> None:
+        server = serve(file_app(tmp_path))
+        client = raw(server.port)
+        client.send(
+            b"GET /not-modified HTTP/1.1\r\nHost: t\r\n\r\nGET /slice HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        first = client.read_response()
+        assert first.status == 304
+        assert client.read_response().body == DATA[500:1500]
+
+    def test_pipelined_file_responses_keep_their_order(
+        self, serve: Any, tmp_path: Path, raw: Any
+    ) -> None:
+        # The head of a corked pipelined burst must reach the wire before the file.
+        server = serve(file_app(tmp_path))
+        client = raw(server.port)
+        client.send(
+            b"GET /slice HTTP/1.1\r\nHost: t\r\n\r\n" * 2
+            + b"GET /pathsend HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        assert client.read_response().body == DATA[500:1500]
+        assert client.read_response().body == DATA[500:1500]
+        assert client.read_response().body == DATA
+
+    def test_a_slow_client_is_flow_controlled_without_blocking_others(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20) * 24)  # 24 MiB
+        (tmp_path / "data.bin").write_bytes(DATA)
+        server = serve(StaticFiles(tmp_path))
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        slow.connect(("127.0.0.1", server.port))
+        try:
+            slow.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = len(slow.recv(65536))
+            time.sleep(0.3)  # the server fills the socket buffers and must wait
+            started = time.monotonic()
+            assert get(server.url + "/data.bin").content == DATA
+            assert time.monotonic() - started < 1.0
+            slow.settimeout(10)
+            size = big.stat().st_size
+            while received < size + 100:
+                chunk = slow.recv(1 << 20)
+                if not chunk:
+                    break
+                received += len(chunk)
+            assert received > 24 << 20  # head + every byte of the file
+        finally:
+            slow.close()
+
+    def test_a_file_waits_for_bytes_the_transport_still_buffers(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        # Pipelined large files to a client that reads late: the second head is buffered by
+        # the transport (the socket is full) and must reach the wire before its file.
+        big = os.urandom(1 << 20) * 8
+        (tmp_path / "big.bin").write_bytes(big)
+        server = serve(StaticFiles(tmp_path))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.connect(("127.0.0.1", server.port))
+        try:
+            client.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n" * 3)
+            time.sleep(0.3)
+            client.settimeout(10)
+            data = bytearray()
+            while True:
+                chunk = client.recv(1 << 20)
+                data += chunk
+                if not chunk or (len(data) > 3 * len(big) and data.endswith(big[-64:])):
+                    break
+            responses = bytes(data).split(b"HTTP/1.1 200 OK\r\n")[1:]
+            assert len(responses) == 3
+            for response in responses:
+                head, _, body = response.partition(b"\r\n\r\n")
+                assert b"content-length: %d" % len(big) in head
+                assert body == big
+        finally:
+            client.close()
+
+    def test_client_going_away_mid_file_ends_the_response(self, serve: Any, tmp_path: Path) -> None:
+        big = tmp_path / "big.bin"
+        with open(big, "wb") as file:
+            file.truncate(64 << 20)
+        (tmp_path / "data.bin").write_bytes(DATA)
+        server = serve(StaticFiles(tmp_path))
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.recv(1000)
+        sock.close()
+        time.sleep(0.3)
+        # The server is fine and serves the next client.
+        assert get(server.url + "/data.bin").content == DATA
+
+
+def test_buffered_sending_reads_in_chunks_through_the_sink(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(DATA * 5)
+
+    class Sink:
+        writing_paused = True
+        parts: list[tuple[bytes, bool]] = []
+        drains = 0
+
+        def send_body(self, body: bytes, more_body: bool) -> None:
+            self.parts.append((body, more_body))
+
+        async def drain(self) -> None:
+            self.drains += 1
+
+    sink = Sink()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        asyncio.run(send_file_buffered(sink, fd, 10, len(DATA) * 5 - 10, False))  # type: ignore[arg-type]
+        with pytest.raises(FileEndedEarly):
+            asyncio.run(send_file_buffered(sink, fd, len(DATA) * 5 - 5, 10, False))  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+    body = b"".join(part for part, _ in sink.parts[:-1])
+    assert body == (DATA * 5)[10:]
+    assert [more for _, more in sink.parts[:-2]] == [True] * (len(sink.parts) - 2)
+    assert sink.parts[-2][1] is False
+    assert sink.drains >= 2
+
+
+class BufferingTransport(asyncio.Transport):
+    """Reports ``buffered`` bytes still queued for its first calls (a head not yet sent)."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        super().__init__()
+        self.buffered = buffered
+        self.closing = False
+
+    def get_write_buffer_size(self) -> int:
+        size, self.buffered = self.buffered, max(self.buffered - 1, 0)
+        return size
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def send_through_socketpair(
+    path: Path, transport: BufferingTransport, *, read: bool = True, lose_after: float = 0
+) -> tuple[bool, bytes]:
+    """SocketFileSender.send of the whole file over a socketpair with small buffers."""
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    ours.setblocking(False)
+    received = bytearray()
+
+    def reader() -> None:
+        while chunk := theirs.recv(65536):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    if read:
+        thread.start()
+
+    async def main() -> bool:
+        sender = SocketFileSender(asyncio.get_running_loop(), transport, ours.fileno())
+        if lose_after:
+            asyncio.get_running_loop().call_later(lose_after, sender.connection_lost)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return await sender.send(fd, 0, path.stat().st_size)
+        finally:
+            os.close(fd)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        ours.close()
+        if read:
+            thread.join(5)
+        theirs.close()
+    return done, bytes(received)
+
+
+def test_sendfile_waits_for_the_transport_buffer_then_for_a_slow_socket(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    done, received = send_through_socketpair(path, BufferingTransport(buffered=3))
+    assert done
+    assert received == path.read_bytes()
+
+
+def test_sendfile_stops_when_the_peer_is_gone_or_the_connection_lost(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    transport = BufferingTransport()
+    # Nobody reads: the socket fills up, the sender waits, and the connection is lost.
+    done, _ = send_through_socketpair(path, transport, read=False, lose_after=0.2)
+    assert not done
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    ours.setblocking(False)
+
+    async def main() -> bool:
+        sender = SocketFileSender(asyncio.get_running_loop(), BufferingTransport(), ours.fileno())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return await sender.send(fd, 0, 1 << 20)  # EPIPE
+        finally:
+            os.close(fd)
+
+    try:
+        assert asyncio.run(main()) is False
+    finally:
+        ours.close()
+
+
+def test_sendfile_of_a_short_file_raises(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+
+    async def main() -> bool:
+        sender = SocketFileSender(asyncio.get_running_loop(), BufferingTransport(), ours.fileno())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return await sender.send(fd, 50, 100)
+        finally:
+            os.close(fd)
+
+    try:
+        with pytest.raises(FileEndedEarly):
+            asyncio.run(main())
+        assert theirs.recv(100) == b"x" * 50
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_no_sendfile_under_tls() -> None:
+    class Socket:
+        def fileno(self) -> int:
+            return 99
+
+    class TLSTransport(asyncio.Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"socket": Socket(), "sslcontext": object()}.get(name, default)
+
+    loop = asyncio.new_event_loop()
+    try:
+        sender = SocketFileSender.for_transport(loop, TLSTransport())
+    finally:
+        loop.close()
+    assert not sender.usable
+
+
+# == StaticFiles ==============================================================================
+
+
+@pytest.fixture
+def static(serve: Any, site: Path) -> Any:
+    return serve(StaticFiles(site))
+
+
+def test_get_serves_the_file_with_its_metadata(static: Any, site: Path) -> None:
+    response = get(static.url + "/data.bin")
+    assert response.status_code == 200
+    assert response.content == DATA
+    headers = response.headers
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["content-length"] == str(len(DATA))
+    assert headers["accept-ranges"] == "bytes"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["etag"].startswith('"') and headers["etag"].endswith('"')
+    assert headers["last-modified"] == formatdate(
+        int((site / "data.bin").stat().st_mtime), usegmt=True
+    )
+
+
+def test_head_gets_the_headers_without_the_body(static: Any, raw: Any) -> None:
+    client = raw(static.port)
+    client.send(b"HEAD /data.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+    client.head_request = True
+    response = client.read_response()
+    assert response.status == 200
+    assert response.header(b"content-length") == str(len(DATA)).encode()
+    assert response.header(b"etag") is not None
+    assert not client.closed(timeout=0.3) and client.buffer == b""
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_other_methods_get_405_with_allow(static: Any, method: str) -> None:
+    # RFC 9110 section 15.5.6.
+    response = httpx.request(method, static.url + "/data.bin")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("a.js", "text/javascript; charset=utf-8"),
+        ("a.mjs", "text/javascript; charset=utf-8"),
+        ("a.css", "text/css; charset=utf-8"),
+        ("a.html", "text/html; charset=utf-8"),
+        ("a.txt", "text/plain; charset=utf-8"),
+        ("a.json", "application/json"),
+        ("a.wasm", "application/wasm"),
+        ("a.svg", "image/svg+xml"),
+        ("a.png", "image/png"),
+        ("a.woff2", "font/woff2"),
+        ("a.tar.gz", "application/gzip"),
+        ("a.unknownext", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+    ],
+)
+def test_content_type_comes_from_the_name(
+    serve: Any, tmp_path: Path, name: str, content_type: str
+) -> None:
+    (tmp_path / name).write_bytes(b"x")
+    response = get(serve(StaticFiles(tmp_path)).url + "/" + name)
+    assert response.headers["content-type"] == content_type
+    assert "content-encoding" not in response.headers  # a .gz file is served as it is
+
+
+def test_folder_is_served_as_its_index_html(static: Any) -> None:
+    assert get(static.url + "/").text == "<h1>home</h1>"
+    assert get(static.url + "/sub/").text == "sub index"
+
+
+def test_folder_without_a_trailing_slash_redirects_keeping_the_query(static: Any) -> None:
+    response = get(static.url + "/sub?a=1&b=2")
+    assert response.status_code == 301
+    assert response.headers["location"] == "sub/?a=1&b=2"
+    followed = get(static.url + "/sub?a=1", follow_redirects=True)
+    assert str(followed.url).endswith("/sub/?a=1")
+    assert followed.text == "sub index"
+
+
+def test_folder_without_index_is_404_without_listing(static: Any) -> None:
+    assert get(static.url + "/empty/").status_code == 404
+
+
+def test_file_with_a_trailing_slash_is_404(static: Any) -> None:
+    assert get(static.url + "/data.bin/").status_code == 404
+
+
+def test_listing_shows_escaped_names_sizes_and_dates(serve: Any, site: Path) -> None:
+    (site / "empty" / "<script>.txt").write_text("12345")
+    (site / "empty" / '"><img src=x onerror=alert(1)>').write_text("x")
+    (site / "empty" / "a b&c.txt").write_text("x")
+    (site / "empty" / "folder").mkdir()
+    response = get(serve(StaticFiles(site, listing=True)).url + "/empty/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    page = response.text
+    assert "<script>" not in page and "<img" not in page
+    assert ">&lt;script&gt;.txt</a>" in page
+    assert 'href="%3Cscript%3E.txt"' in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert 'href="a%20b%26c.txt"' in page
+    assert ">5 B<" in page
+    assert 'href="folder/"' in page
+    assert page.index("folder/") < page.index("a b&amp;c.txt")  # folders first
+    assert 'href="../"' in page
+    assert "Index of /empty/" in page
+
+
+def test_listing_hides_dotfiles_and_links_leading_outside(serve: Any, site: Path) -> None:
+    (site / "empty" / ".dot").write_text("x")
+    (site / "empty" / "out").symlink_to(site.parent / "secret.txt")
+    (site / "empty" / "in").symlink_to(site / "data.bin")
+    page = get(serve(StaticFiles(site, listing=True)).url + "/empty/").text
+    assert ".dot" not in page
+    assert 'href="out"' not in page
+    assert 'href="in"' in page
+
+
+def test_listing_is_preferred_to_nothing_but_not_to_index_html(serve: Any, site: Path) -> None:
+    server = serve(StaticFiles(site, listing=True))
+    assert get(server.url + "/sub/").text == "sub index"
+    assert get(serve(StaticFiles(site, listing=True, html=False)).url + "/sub/").text.startswith(
+        "<!DOCTYPE html>"
+    )
+
+
+# -- conditional requests (RFC 9110 section 13) -------------------------------------------------
+
+
+def test_if_none_match_with_the_etag_gives_304(static: Any) -> None:
+    etag = get(static.url + "/data.bin").headers["etag"]
+    response = get(static.url + "/data.bin", headers={"If-None-Match": etag})
+    assert response.status_code == 304
+    assert response.content == b""
+    assert response.headers["etag"] == etag
+    assert response.headers["cache-control"] == "no-cache"
+
+
+def test_if_none_match_uses_weak_comparison_and_lists(static: Any) -> None:
+    etag = get(static.url + "/data.bin").headers["etag"]
+    for value in (f'"x", W/{etag}', "*"):
+        assert get(static.url + "/data.bin", headers={"If-None-Match": value}).status_code == 304
+    assert get(static.url + "/data.bin", headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_if_modified_since_gives_304_unless_modified_later(static: Any) -> None:
+    last_modified = get(static.url + "/data.bin").headers["last-modified"]
+    assert (
+        get(static.url + "/data.bin", headers={"If-Modified-Since": last_modified}).status_code
+        == 304
+    )
+    earlier = formatdate(0, usegmt=True)
+    assert get(static.url + "/data.bin", headers={"If-Modified-Since": earlier}).status_code == 200
+    assert (
+        get(static.url + "/data.bin", headers={"If-Modified-Since": "garbage"}).status_code == 200
+    )
+
+
+def test_if_none_match_takes_precedence_over_if_modified_since(static: Any) -> None:
+    # RFC 9110 section 13.2.2: If-Modified-Since is ignored when If-None-Match is present.
+    last_modified = get(static.url + "/data.bin").headers["last-modified"]
+    response = get(
+        static.url + "/data.bin",
+        headers={"If-None-Match": '"other"', "If-Modified-Since": last_modified},
+    )
+    assert response.status_code == 200
+
+
+def test_if_match_and_if_unmodified_since_failing_give_412(static: Any) -> None:
+    assert get(static.url + "/data.bin", headers={"If-Match": '"other"'}).status_code == 412
+    past = formatdate(0, usegmt=True)
+    assert get(static.url + "/data.bin", headers={"If-Unmodified-Since": past}).status_code == 412
+    etag = get(static.url + "/data.bin").headers["etag"]
+    assert get(static.url + "/data.bin", headers={"If-Match": etag}).status_code == 200
+
+
+def test_precondition_order_follows_rfc_9110() -> None:
+    etag, modified = b'"abc"', 1000
+    date = formatdate(1000, usegmt=True).encode()
+    old = formatdate(10, usegmt=True).encode()
+    assert evaluate_preconditions({}, etag, modified) == 200
+    # If-Match decides before If-None-Match, If-Unmodified-Since only without If-Match.
+    assert (
+        evaluate_preconditions({b"if-match": b'"x"', b"if-none-match": etag}, etag, modified) == 412
+    )
+    assert (
+        evaluate_preconditions({b"if-match": etag, b"if-unmodified-since": old}, etag, modified)
+        == 200
+    )
+    assert evaluate_preconditions({b"if-unmodified-since": old}, etag, modified) == 412
+    assert evaluate_preconditions({b"if-modified-since": date}, etag, modified) == 304
+    assert (
+        evaluate_preconditions(
+            {b"if-none-match": b'"x"', b"if-modified-since": date}, etag, modified
+        )
+        == 200
+    )
+    # Strong comparison for If-Match: a weak tag never matches.
+    assert not etag_matches(b'W/"abc"', etag, weak=False)
+    assert etag_matches(b'W/"abc"', etag, weak=True)
+
+
+def test_a_changed_file_gets_a_new_etag(static: Any, site: Path) -> None:
+    etag = get(static.url + "/data.bin").headers["etag"]
+    (site / "data.bin").write_bytes(DATA[:-1])
+    response = get(static.url + "/data.bin", headers={"If-None-Match": etag})
+    assert response.status_code == 200
+    assert response.headers["etag"] != etag
+
+
+# -- ranges (RFC 9110 section 14) ----------------------------------------------------------------
+
+
+def test_single_range_gives_206_with_content_range(static: Any) -> None:
+    response = get(static.url + "/data.bin", headers={"Range": "bytes=10-19"})
+    assert response.status_code == 206
+    assert response.headers["content-range"] == f"bytes 10-19/{len(DATA)}"
+    assert response.headers["content-length"] == "10"
+    assert response.content == DATA[10:20]
+
+
+@pytest.mark.parametrize(
+    ("spec", "start", "end"),
+    [
+        ("bytes=-100", len(DATA) - 100, len(DATA) - 1),
+        ("bytes=100000-", 100000, len(DATA) - 1),
+        ("bytes=0-999999", 0, len(DATA) - 1),
+    ],
+)
+def test_suffix_open_and_overlong_ranges(static: Any, spec: str, start: int, end: int) -> None:
+    response = get(static.url + "/data.bin", headers={"Range": spec})
+    assert response.status_code == 206
+    assert response.headers["content-range"] == f"bytes {start}-{end}/{len(DATA)}"
+    assert response.content == DATA[start : end + 1]
+
+
+def test_several_ranges_give_multipart_byteranges(static: Any) -> None:
+    response = get(static.url + "/data.bin", headers={"Range": "bytes=0-9, 100-109, -5"})
+    assert response.status_code == 206
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    boundary = content_type.split("boundary=")[1].encode()
+    assert int(response.headers["content-length"]) == len(response.content)
+    parts = response.content.split(b"--" + boundary)
+    assert parts[0] == b"" and parts[-1] == b"--\r\n"
+    expected = [(0, 9), (100, 109), (len(DATA) - 5, len(DATA) - 1)]
+    for part, (start, end) in zip(parts[1:-1], expected, strict=True):
+        head, _, body = part.partition(b"\r\n\r\n")
+        assert f"content-range: bytes {start}-{end}/{len(DATA)}".encode() in head
+        assert b"content-type: application/octet-stream" in head
+        assert body == DATA[start : end + 1] + b"\r\n"
+
+
+def test_unsatisfiable_range_gives_416_with_the_size(static: Any) -> None:
+    response = get(static.url + "/data.bin", headers={"Range": f"bytes={len(DATA)}-"})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{len(DATA)}"
+
+
+@pytest.mark.parametrize("spec", ["bytes=5-1", "items=0-1", "bytes=x-1", "bytes=", "bytes=1"])
+def test_invalid_range_is_ignored(static: Any, spec: str) -> None:
+    response = get(static.url + "/data.bin", headers={"Range": spec})
+    assert response.status_code == 200
+    assert response.content == DATA
+
+
+def test_if_range_sends_the_range_only_while_the_validator_matches(static: Any) -> None:
+    first = get(static.url + "/data.bin")
+    etag, last_modified = first.headers["etag"], first.headers["last-modified"]
+    for validator in (etag, last_modified):
+        response = get(
+            static.url + "/data.bin", headers={"Range": "bytes=0-0", "If-Range": validator}
+        )
+        assert response.status_code == 206
+    for validator in ('"old"', f"W/{etag}", formatdate(0, usegmt=True)):
+        response = get(
+            static.url + "/data.bin", headers={"Range": "bytes=0-0", "If-Range": validator}
+        )
+        assert response.status_code == 200
+        assert response.content == DATA
+
+
+def test_range_is_ignored_for_head(static: Any, raw: Any) -> None:
+    client = raw(static.port)
+    client.send(b"HEAD /data.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=0-9\r\n\r\n")
+    client.head_request = True
+    response = client.read_response()
+    assert response.status == 200
+    assert response.header(b"content-length") == str(len(DATA)).encode()
+
+
+def test_range_parsing_rules() -> None:
+    assert parse_ranges(b"bytes=0-4", 10) == [(0, 4)]
+    assert parse_ranges(b"bytes=8-20", 10) == [(8, 9)]
+    assert parse_ranges(b"bytes=-3", 10) == [(7, 9)]
+    assert parse_ranges(b"bytes=-30", 10) == [(0, 9)]
+    assert parse_ranges(b"bytes=10-", 10) == []  # unsatisfiable
+    assert parse_ranges(b"bytes=-0", 10) == []
+    assert parse_ranges(b"bytes=0-0", 0) == []
+    assert parse_ranges(b"BYTES = 1-2", 10) == [(1, 2)]
+    assert parse_ranges(b"bytes=0-1,,3-4", 10) == [(0, 1), (3, 4)]
+    # Overlapping or adjacent ranges are coalesced (section 14.2).
+    assert parse_ranges(b"bytes=0-5,3-8,9-9", 10) == [(0, 9)]
+    assert (
+        parse_ranges(b"bytes=" + b",".join(b"%d-%d" % (i, i) for i in range(0, 200, 2)), 1000)
+        is None
+    )
+    assert parse_ranges(b"bytes=1-2;x", 10) is None
+    assert if_range_holds(None, b'"a"', 5)
+
+
+# -- precompressed siblings --------------------------------------------------------------------
+
+
+@pytest.fixture
+def compressed(serve: Any, tmp_path: Path) -> Any:
+    text = b"body{color:red}\n" * 100
+    (tmp_path / "style.css").write_bytes(text)
+    (tmp_path / "style.css.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "style.css.br").write_bytes(b"BROTLI-BYTES")
+    return serve(StaticFiles(tmp_path))
+
+
+def test_precompressed_brotli_is_served_to_clients_that_prefer_it(compressed: Any) -> None:
+    response = raw_get(compressed.port, b"/style.css", b"Accept-Encoding: gzip, br\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"content-encoding: br\r\n" in head
+    assert b"vary: accept-encoding\r\n" in head
+    assert b"content-type: text/css; charset=utf-8\r\n" in head
+    assert body == b"BROTLI-BYTES"
+
+
+def test_q_values_choose_the_coding(compressed: Any) -> None:
+    response = get(compressed.url + "/style.css", headers={"Accept-Encoding": "br;q=0.5, gzip"})
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.text.startswith("body")  # httpx decoded it
+    response = get(compressed.url + "/style.css", headers={"Accept-Encoding": "gzip;q=0, br;q=0"})
+    assert "content-encoding" not in response.headers
+    assert response.headers["vary"] == "accept-encoding"
+
+
+def test_clients_without_accept_encoding_get_the_file_itself(compressed: Any) -> None:
+    response = get(compressed.url + "/style.css", headers={"Accept-Encoding": ""})
+    assert "content-encoding" not in response.headers
+    assert response.content == b"body{color:red}\n" * 100
+
+
+def test_each_coding_has_its_own_etag(compressed: Any) -> None:
+    gz = get(compressed.url + "/style.css", headers={"Accept-Encoding": "gzip"}).headers["etag"]
+    plain = get(compressed.url + "/style.css", headers={"Accept-Encoding": "identity"}).headers[
+        "etag"
+    ]
+    assert gz != plain
+    response = get(
+        compressed.url + "/style.css", headers={"Accept-Encoding": "gzip", "If-None-Match": gz}
+    )
+    assert response.status_code == 304
+    assert response.headers["vary"] == "accept-encoding"
+
+
+def test_coding_choice_rules() -> None:
+    assert choose_coding(None, ["br", "gzip"]) is None
+    assert choose_coding(b"gzip, deflate, br", ["br", "gzip"]) == "br"
+    assert choose_coding(b"br;q=0.1, gzip;q=0.9", ["br", "gzip"]) == "gzip"
+    assert choose_coding(b"x-gzip", ["gzip"]) == "gzip"
+    assert choose_coding(b"*", ["br", "gzip"]) == "br"
+    assert choose_coding(b"*;q=0, identity", ["br", "gzip"]) is None
+    assert choose_coding(b"identity;q=1, gzip;q=0.5", ["gzip"]) is None
+    assert choose_coding(b"gzip;q=nonsense", ["gzip"]) is None
+
+
+# -- safety ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/../secret.txt",
+        b"/sub/../../secret.txt",
+        b"/%2e%2e/secret.txt",
+        b"/%2E%2E/secret.txt",
+        b"/sub/%2e%2e/%2e%2e/secret.txt",
+        b"/..%2fsecret.txt",
+        b"/sub%2f..%2f..%2fsecret.txt",
+        b"/..%5csecret.txt",
+        b"/..\\secret.txt",
+        b"/sub/..\\..\\secret.txt",
+        b"/%00",
+        b"/data.bin%00.txt",
+        b"//etc/passwd",
+        b"/%2fetc%2fpasswd",
+        b"/.env",
+        b"/%2eenv",
+        b"/.hidden/x.txt",
+        b"/sub/./../.env",
+    ],
+)
+def test_traversal_and_hidden_file_attempts_are_refused(static: Any, target: bytes) -> None:
+    response = raw_get(static.port, target)
+    status = int(response.split(b" ", 2)[1])
+    assert status in (400, 404), response[:200]
+    assert b"TOP SECRET" not in response and b"SECRET=1" not in response
+    assert b"root:" not in response and b"Traceback" not in response
+
+
+def test_symlink_inside_the_root_is_served(serve: Any, site: Path) -> None:
+    (site / "link.bin").symlink_to(site / "data.bin")
+    (site / "sublink").symlink_to(site / "sub")
+    server = serve(StaticFiles(site))
+    assert get(server.url + "/link.bin").content == DATA
+    assert get(server.url + "/sublink/page.txt").text == "sub page"
+
+
+def test_symlink_leading_outside_is_404_unless_followed(serve: Any, site: Path) -> None:
+    (site / "out.txt").symlink_to(site.parent / "secret.txt")
+    (site / "outdir").symlink_to(site.parent)
+    strict = serve(StaticFiles(site))
+    assert get(strict.url + "/out.txt").status_code == 404
+    assert get(strict.url + "/outdir/secret.txt").status_code == 404
+    relaxed = serve(StaticFiles(site, follow_symlinks=True))
+    assert get(relaxed.url + "/out.txt").text == "TOP SECRET"
+    assert get(relaxed.url + "/outdir/secret.txt").text == "TOP SECRET"
+
+
+def test_dotfiles_are_served_with_show_hidden_and_well_known_always(serve: Any, site: Path) -> None:
+    (site / ".well-known").mkdir()
+    (site / ".well-known" / "security.txt").write_text("contact")
+    assert get(serve(StaticFiles(site)).url + "/.well-known/security.txt").text == "contact"
+    assert get(serve(StaticFiles(site, show_hidden=True)).url + "/.env").text == "SECRET=1"
+
+
+def test_permission_error_is_403_and_other_errors_404(serve: Any, site: Path) -> None:
+    app = StaticFiles(site)
+
+    def denied(path: str) -> int:
+        raise PermissionError(13, "Permission denied", path)
+
+    app._open = denied  # type: ignore[method-assign]
+    server = serve(app)
+    assert get(server.url + "/data.bin").status_code == 403
+    assert get(server.url + "/" + "x" * 5000).status_code == 404  # ENAMETOOLONG
+    assert get(server.url + "/data.bin/x").status_code == 404  # ENOTDIR
+
+
+def test_special_files_are_not_served(serve: Any, site: Path) -> None:
+    os.mkfifo(site / "fifo")
+    assert get(serve(StaticFiles(site)).url + "/fifo").status_code == 404
+
+
+def test_html_mode_serves_404_html_for_missing_files(serve: Any, site: Path) -> None:
+    (site / "404.html").write_text("custom not found")
+    response = get(serve(StaticFiles(site)).url + "/nope")
+    assert response.status_code == 404
+    assert response.text == "custom not found"
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_cache_control_is_configurable(serve: Any, site: Path) -> None:
+    server = serve(StaticFiles(site, cache_control="public, max-age=3600"))
+    assert get(server.url + "/data.bin").headers["cache-control"] == "public, max-age=3600"
+    bare = serve(StaticFiles(site, cache_control=None))
+    assert "cache-control" not in get(bare.url + "/data.bin").headers
+
+
+def test_missing_directory_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        StaticFiles(tmp_path / "nope")
+
+
+def test_lifespan_and_websocket_scopes_are_handled(serve: Any, site: Path, raw: Any) -> None:
+    server = serve(StaticFiles(site), lifespan="on")  # startup completes
+    client = raw(server.port)
+    client.send(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert client.read_response().status == 403
+
+
+# -- mounting ----------------------------------------------------------------------------------
+
+
+def test_mounted_in_starlette(serve: Any, site: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = Starlette(routes=[Mount("/static", app=StaticFiles(site), name="static")])
+    server = serve(app, root_path="/prefix")
+    assert get(server.url + "/static/sub/page.txt").text == "sub page"
+    assert get(server.url + "/static/data.bin", headers={"Range": "bytes=1-2"}).content == DATA[1:3]
+    response = get(server.url + "/static/sub")
+    assert response.headers["location"] == "sub/"
+    assert get(server.url + "/static/../secret.txt").status_code == 404
+
+
+def test_route_path_handles_both_root_path_conventions() -> None:
+    # ASGI 2024+: path includes root_path; older servers: it does not.
+    assert route_path({"path": "/static/a.txt", "root_path": "/static"}) == "/a.txt"
+    assert route_path({"path": "/static", "root_path": "/static"}) == ""
+    assert route_path({"path": "/a.txt", "root_path": "/static"}) == "/a.txt"
+    assert route_path({"path": "/staticfile", "root_path": "/static"}) == "/staticfile"
+
+
+def test_mounts_serve_folders_in_front_of_the_app(serve: Any, site: Path) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            seen.append(message["type"])
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"app"})
+
+    mounted = Mounts(
+        app, [("/static", StaticFiles(site)), ("/static/deep", StaticFiles(site / "sub"))]
+    )
+    server = serve(mounted, lifespan="on")
+    assert get(server.url + "/static/data.bin").content == DATA
+    assert get(server.url + "/static/deep/page.txt").text == "sub page"
+    assert get(server.url + "/static").status_code == 301
+    assert get(server.url + "/staticfile").text == "app"
+    assert get(server.url + "/other").text == "app"
+    assert seen == ["lifespan.startup", "/staticfile", "/other"]
+
+
+def test_mount_prefixes_are_checked() -> None:
+    with pytest.raises(ValueError, match="must start with"):
+        Mounts(lambda: None, [("static/", lambda: None)])  # type: ignore[list-item, arg-type]
+
+
+def test_config_static_and_mounts_are_validated(tmp_path: Path) -> None:
+    assert Config.from_options(None, static=str(tmp_path)).static == str(tmp_path)
+    assert Config.from_options("m:a", mounts="/s=dir").mounts == ("/s=dir",)
+    for options, message in [
+        ({}, "an app is required"),
+        ({"static": "dir", "app": "m:a"}, "give an app or static"),
+        ({"mounts": ["static=dir"]}, "mounts 'static=dir'"),
+        ({"mounts": ["/static"]}, "expected PREFIX=DIR"),
+        ({"mounts": ["/=dir"]}, "use static"),
+        ({"mounts": ["/a=x", "/a=y"]}, "more than once"),
+    ]:
+        app = options.pop("app", None if "mounts" not in options else "m:a")
+        with pytest.raises(ConfigError, match=message):
+            Config.from_options(app, **options)
+    # Workers import the app themselves: with static there is none to import.
+    assert Config.from_options(None, static="dir", workers=2).workers == 2
+
+
+# -- other servers -----------------------------------------------------------------------------
+
+
+def test_runs_on_uvicorn_without_the_file_extensions(site: Path) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(StaticFiles(site), log_level="warning", lifespan="on", ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        assert get(url + "/data.bin").content == DATA
+        response = get(url + "/data.bin", headers={"Range": "bytes=0-9,20-29"})
+        assert response.status_code == 206
+        assert DATA[20:30] in response.content
+        assert get(url + "/sub?q=1").headers["location"] == "sub/?q=1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
