@@ -450,6 +450,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--retries", type=int, default=None, help="redos of a disturbed run [2; quick 0]"
     )
     p.add_argument(
+        "--disturbance-budget",
+        type=float,
+        default=None,
+        help="seconds the session may spend waiting for quiet cores [900; quick 0]",
+    )
+    p.add_argument(
         "--quiet-wait",
         type=float,
         default=None,
@@ -469,6 +475,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.retries = 0 if args.quick else 2
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 15.0
+    if args.disturbance_budget is None:
+        args.disturbance_budget = 0.0 if args.quick else 900.0
+    args.budget_left = args.disturbance_budget  # spent by run.py's wait_quiet_machine
     return args
 
 

@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import os
 import socket
+import ssl
 import threading
 import time
 from email.utils import formatdate
@@ -342,6 +343,38 @@ class TestFileExtensions:
         time.sleep(0.3)
         # The server is fine and serves the next client.
         assert get(server.url + "/data.bin").content == DATA
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
+def test_files_under_tls_are_read_in_chunks_and_encrypted(
+    serve: Any, tmp_path: Path, http2: bool
+) -> None:
+    # No sendfile(2) under TLS (the bytes are encrypted in user space) nor in HTTP/2 DATA
+    # frames: the buffered path sends them, in several chunks for this file.
+    trustme = pytest.importorskip("trustme")
+    if http2:
+        pytest.importorskip("h2")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    site = tmp_path / "site"
+    site.mkdir()
+    big = os.urandom(1 << 20) * 3
+    (site / "big.bin").write_bytes(big)
+    server = serve(StaticFiles(site), ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with httpx.Client(verify=context, http2=http2, timeout=10) as client:
+        response = client.get(f"https://localhost:{server.port}/big.bin")
+        assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert response.content == big
+        ranged = client.get(
+            f"https://localhost:{server.port}/big.bin", headers={"Range": "bytes=5-9,-3"}
+        )
+        assert ranged.status_code == 206
+        assert big[5:10] in ranged.content and big[-3:] in ranged.content
 
 
 def test_buffered_sending_reads_in_chunks_through_the_sink(tmp_path: Path) -> None:

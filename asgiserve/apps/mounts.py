@@ -24,7 +24,9 @@ class Mounts:
     def __init__(self, app: ASGIApp, mounts: Sequence[tuple[str, ASGIApp]]) -> None:
         for prefix, _ in mounts:
             if not prefix.startswith("/") or prefix.endswith("/"):
-                raise ValueError(f"mount prefix {prefix!r} must start with '/' and not end with one")
+                raise ValueError(
+                    f"mount prefix {prefix!r} must start with '/' and not end with one"
+                )
         self.app = app
         # Longest first, so that /static/img wins over /static.
         self.mounts = sorted(mounts, key=lambda mount: len(mount[0]), reverse=True)

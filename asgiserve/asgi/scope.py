@@ -80,7 +80,7 @@ def http_scope(
         "server": info.server,
         "state": state.copy() if state else {},
         # A copy per request: an app (or HTTP/2) may add to its own.
-        "extensions": {**info.extensions},
+        "extensions": info.extensions.copy(),
     }
 
 
