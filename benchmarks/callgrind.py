@@ -133,7 +133,9 @@ def make_uvicorn_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop
 SERVER = {"asgiserve": make_connection, "uvicorn": make_uvicorn_connection}
 
 
-async def drive(requests: int, http: str, test: str, pipeline: int, server: str = "asgiserve") -> dict[str, Any]:
+async def drive(
+    requests: int, http: str, test: str, pipeline: int, server: str = "asgiserve"
+) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from benchmarks import apps
 

@@ -37,9 +37,60 @@ def free_port() -> int:
 def commands(port: int) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        "asgiserve": [py, "-m", "asgiserve", "benchmarks.apps:hello", "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"],
-        "granian": [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--http", "2", "--no-access-log", "--log-level", "warning", "benchmarks.apps:hello"],
-        "hypercorn": [py, "-m", "hypercorn", "benchmarks.apps:hello", "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop", "--workers", "0", "--log-level", "warning"],
+        "asgiserve": [
+            py,
+            "-m",
+            "asgiserve",
+            "benchmarks.apps:hello",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ],
+        "granian": [
+            py,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "2",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "benchmarks.apps:hello",
+        ],
+        "hypercorn": [
+            py,
+            "-m",
+            "hypercorn",
+            "benchmarks.apps:hello",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--worker-class",
+            "uvloop",
+            "--workers",
+            "0",
+            "--log-level",
+            "warning",
+        ],
     }
 
 
@@ -56,8 +107,25 @@ def wait_ready(port: int, timeout: float = 15) -> bool:
 
 def h2load(port: int, duration: float, connections: int, streams: int) -> float:
     out = subprocess.run(
-        ["taskset", "-c", "1", "h2load", "-c", str(connections), "-m", str(streams), "-D", str(duration), "--warm-up-time", "1", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, timeout=duration + 60, check=False,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "h2load",
+            "-c",
+            str(connections),
+            "-m",
+            str(streams),
+            "-D",
+            str(duration),
+            "--warm-up-time",
+            "1",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=False,
     ).stdout
     match = re.search(r"finished in .*?, ([\d.]+) req/s", out)
     failed = re.search(r"(\d+) failed, (\d+) errored", out)
@@ -69,10 +137,14 @@ def h2load(port: int, duration: float, connections: int, streams: int) -> float:
 def run_one(name: str, duration: float, connections: int, streams: int) -> float | None:
     port = free_port()
     cmd = ["taskset", "-c", "0", *commands(port)[name]]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         if not wait_ready(port):
-            print(f"  {name}: did not start: {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}")
+            print(
+                f"  {name}: did not start: {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}"
+            )
             return None
         return h2load(port, duration, connections, streams)
     except RuntimeError as exc:
@@ -129,7 +201,17 @@ def main() -> int:
     print(table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / f"h2-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps({"results": results, "medians": medians, "args": vars(args), "python": sys.version.split()[0]}, indent=2))
+    (out / f"h2-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "medians": medians,
+                "args": vars(args),
+                "python": sys.version.split()[0],
+            },
+            indent=2,
+        )
+    )
     (HERE / "RESULTS-h2.md").write_text(table + "\n")
     return 0
 

@@ -32,12 +32,34 @@ async def h2_app(scope: Any, receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/scope":
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        body = repr((scope["http_version"], scope["method"], scope["scheme"], scope["path"], scope["query_string"], headers, sorted(scope["extensions"]))).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        body = repr(
+            (
+                scope["http_version"],
+                scope["method"],
+                scope["scheme"],
+                scope["path"],
+                scope["query_string"],
+                headers,
+                sorted(scope["extensions"]),
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
     elif path == "/echo":
         body = await read_body(receive)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
     elif path == "/download":
         size = int(scope["query_string"].decode().split("=")[1])
@@ -60,10 +82,18 @@ async def h2_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise RuntimeError("boom")
     elif path == "/trailers":
-        await send({"type": "http.response.early_hint", "links": [b"</style.css>; rel=preload; as=style"]})
+        await send(
+            {"type": "http.response.early_hint", "links": [b"</style.css>; rel=preload; as=style"]}
+        )
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
         await send({"type": "http.response.body", "body": b"data", "more_body": False})
-        await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False})
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"grpc-status", b"0")],
+                "more_trailers": False,
+            }
+        )
     elif path == "/hold":
         while not RELEASE.is_set():
             await asyncio.sleep(0.02)
@@ -75,7 +105,13 @@ async def h2_app(scope: Any, receive: Any, send: Any) -> None:
             message = await receive()
         EVENTS.append("disconnect")
     else:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"Hello, h2!"})
 
 
@@ -92,7 +128,9 @@ class Client:
 
     def __init__(self, port: int, *, window: int | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
         self.conn.initiate_connection()
         if window is not None:
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -106,11 +144,32 @@ class Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path: str, method: str = "GET", body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> int:
+    def request(
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> int:
         stream_id = self.conn.get_next_available_stream_id()
-        request_headers = [(":method", method), (":scheme", "http"), (":authority", "test.local"), (":path", path), *(headers or [])]
-        self.conn.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in request_headers], end_stream=not body)
-        self.responses[stream_id] = {"headers": None, "data": b"", "ended": False, "reset": None, "informational": [], "trailers": None}
+        request_headers = [
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "test.local"),
+            (":path", path),
+            *(headers or []),
+        ]
+        self.conn.send_headers(
+            stream_id, [(k.encode(), v.encode()) for k, v in request_headers], end_stream=not body
+        )
+        self.responses[stream_id] = {
+            "headers": None,
+            "data": b"",
+            "ended": False,
+            "reset": None,
+            "informational": [],
+            "trailers": None,
+        }
         self.flush()
         if body:
             self.send_body(stream_id, body)
@@ -118,7 +177,9 @@ class Client:
 
     def send_body(self, stream_id: int, body: bytes) -> None:
         while body:
-            window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            window = min(
+                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
+            )
             if window <= 0:
                 self.read_events()
                 continue
@@ -302,7 +363,15 @@ def test_rapid_reset_gets_enhance_your_calm_and_others_are_served(serve: Any) ->
     client = Client(server.port)
     for _ in range(200):
         sid = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/hold")])
+        client.conn.send_headers(
+            sid,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"a"),
+                (b":path", b"/hold"),
+            ],
+        )
         client.conn.reset_stream(sid, ErrorCodes.CANCEL)
     try:
         client.flush()
@@ -362,7 +431,12 @@ def test_ping_flood_from_a_client_that_does_not_read_is_bounded(server: Any) -> 
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream_id) + payload
+    return (
+        struct.pack("!I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack("!I", stream_id)
+        + payload
+    )
 
 
 def goaway_code(port: int, data: bytes) -> int:
@@ -396,17 +470,39 @@ HEADERS_GET = None
 @pytest.mark.parametrize(
     "data,code",
     [
-        (PREFACE + frame(0x6, 0, 0, b"12345678"), ErrorCodes.PROTOCOL_ERROR),  # first frame not SETTINGS
+        (
+            PREFACE + frame(0x6, 0, 0, b"12345678"),
+            ErrorCodes.PROTOCOL_ERROR,
+        ),  # first frame not SETTINGS
         (PREFACE + SETTINGS + frame(0x0, 0, 0, b"data on stream 0"), ErrorCodes.PROTOCOL_ERROR),
         (PREFACE + SETTINGS + frame(0x6, 0, 0, b"short"), ErrorCodes.FRAME_SIZE_ERROR),
         (PREFACE + SETTINGS + frame(0x0, 0, 1, b"x" * 20000), ErrorCodes.FRAME_SIZE_ERROR),
-        (PREFACE + SETTINGS + frame(0x1, 0x5, 1, b"\xff\xff\xff\xff"), ErrorCodes.COMPRESSION_ERROR),
-        (PREFACE + SETTINGS + frame(0x8, 0, 0, struct.pack("!I", 2**31 - 1)), ErrorCodes.FLOW_CONTROL_ERROR),
-        (PREFACE + SETTINGS + frame(0x0, 0x1, 3, b"data on an idle stream"), ErrorCodes.PROTOCOL_ERROR),
+        (
+            PREFACE + SETTINGS + frame(0x1, 0x5, 1, b"\xff\xff\xff\xff"),
+            ErrorCodes.COMPRESSION_ERROR,
+        ),
+        (
+            PREFACE + SETTINGS + frame(0x8, 0, 0, struct.pack("!I", 2**31 - 1)),
+            ErrorCodes.FLOW_CONTROL_ERROR,
+        ),
+        (
+            PREFACE + SETTINGS + frame(0x0, 0x1, 3, b"data on an idle stream"),
+            ErrorCodes.PROTOCOL_ERROR,
+        ),
     ],
-    ids=["first-not-settings", "data-stream-0", "bad-ping-size", "oversize-frame", "bad-hpack", "window-overflow", "data-idle-stream"],
+    ids=[
+        "first-not-settings",
+        "data-stream-0",
+        "bad-ping-size",
+        "oversize-frame",
+        "bad-hpack",
+        "window-overflow",
+        "data-idle-stream",
+    ],
 )
-def test_protocol_error_gets_goaway_with_the_right_code(server: Any, data: bytes, code: int) -> None:
+def test_protocol_error_gets_goaway_with_the_right_code(
+    server: Any, data: bytes, code: int
+) -> None:
     assert goaway_code(server.port, data) == code
 
 
@@ -414,7 +510,17 @@ def test_header_block_past_the_limit_gets_goaway(serve: Any) -> None:
     server = serve(h2_app, h2_max_header_list_size=4096)
     client = Client(server.port)
     sid = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/"), *[(b"x-h%d" % i, b"v" * 100) for i in range(100)]], end_stream=True)
+    client.conn.send_headers(
+        sid,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"a"),
+            (b":path", b"/"),
+            *[(b"x-h%d" % i, b"v" * 100) for i in range(100)],
+        ],
+        end_stream=True,
+    )
     client.flush()
     deadline = time.monotonic() + 5
     try:
@@ -429,7 +535,10 @@ def test_header_block_past_the_limit_gets_goaway(serve: Any) -> None:
 def test_too_many_continuation_frames_get_goaway(server: Any) -> None:
     data = PREFACE + SETTINGS + frame(0x1, 0, 1, b"\x82")  # HEADERS without END_HEADERS
     data += b"".join(frame(0x9, 0, 1, b"\x82") for _ in range(100))
-    assert goaway_code(server.port, data) in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.ENHANCE_YOUR_CALM)
+    assert goaway_code(server.port, data) in (
+        ErrorCodes.PROTOCOL_ERROR,
+        ErrorCodes.ENHANCE_YOUR_CALM,
+    )
 
 
 # -- through real clients ----------------------------------------------------------------
@@ -437,18 +546,38 @@ def test_too_many_continuation_frames_get_goaway(server: Any) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_prior_knowledge_and_upgrade(server: Any) -> None:
-    prior = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", server.url + "/"], capture_output=True, text=True, timeout=10, check=True)
+    prior = subprocess.run(
+        ["curl", "-s", "-i", "--http2-prior-knowledge", server.url + "/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     assert prior.stdout.startswith("HTTP/2 200")
     assert prior.stdout.endswith("Hello, h2!")
-    upgrade = subprocess.run(["curl", "-s", "-i", "--http2", server.url + "/"], capture_output=True, text=True, timeout=10, check=True)
+    upgrade = subprocess.run(
+        ["curl", "-s", "-i", "--http2", server.url + "/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     assert "HTTP/1.1 101 Switching Protocols" in upgrade.stdout
     assert "HTTP/2 200" in upgrade.stdout
     assert upgrade.stdout.endswith("Hello, h2!")
 
 
-@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)")
+@pytest.mark.skipif(
+    shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)"
+)
 def test_h2load_smoke(server: Any) -> None:
-    result = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "8", server.url + "/"], capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        ["h2load", "-n", "2000", "-c", "4", "-m", "8", server.url + "/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "2000 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
 
 
@@ -518,6 +647,12 @@ def test_httpx_negotiates_http2_over_tls(tls_server: tuple[Any, str]) -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_http2_over_tls(tls_server: tuple[Any, str]) -> None:
     server, cafile = tls_server
-    result = subprocess.run(["curl", "-s", "-i", "--http2", "--cacert", cafile, f"https://127.0.0.1:{server.port}/"], capture_output=True, text=True, timeout=10, check=True)
+    result = subprocess.run(
+        ["curl", "-s", "-i", "--http2", "--cacert", cafile, f"https://127.0.0.1:{server.port}/"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     assert result.stdout.startswith("HTTP/2 200")
     assert result.stdout.endswith("Hello, h2!")

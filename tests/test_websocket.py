@@ -38,16 +38,32 @@ async def ws_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "websocket.close"})
         return
     if path == "/deny":
-        await send({"type": "websocket.http.response.start", "status": 401, "headers": [(b"x-why", b"token")]})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"x-why", b"token")],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": b"no ", "more_body": True})
         await send({"type": "websocket.http.response.body", "body": b"entry"})
         return
     if path == "/raise-before-accept":
         raise RuntimeError("boom")
     subprotocol = scope["subprotocols"][0] if scope["subprotocols"] else None
-    await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": [(b"x-accepted", b"yes")]})
+    await send(
+        {
+            "type": "websocket.accept",
+            "subprotocol": subprotocol,
+            "headers": [(b"x-accepted", b"yes")],
+        }
+    )
     if path == "/scope":
-        visible = {k: v for k, v in scope.items() if k not in ("headers", "state", "raw_path", "query_string")}
+        visible = {
+            k: v
+            for k, v in scope.items()
+            if k not in ("headers", "state", "raw_path", "query_string")
+        }
         visible["query_string"] = scope["query_string"].decode()
         visible["extensions"] = sorted(scope["extensions"])
         await send({"type": "websocket.send", "text": json.dumps(visible)})
@@ -260,7 +276,9 @@ def test_app_error_after_accept_closes_with_1011(server: Any) -> None:
 
 def test_invalid_handshake_is_refused_without_running_the_app(server: Any, raw: Any) -> None:
     client = raw(server.port)
-    client.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    client.send(
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
     response = client.read_response()
     assert response.status == 400
     assert b"Sec-WebSocket-Key" in response.body
@@ -271,7 +289,12 @@ def test_ws_none_serves_upgrade_requests_as_http(serve: Any) -> None:
     server = serve(ws_app, ws="none")
     response = httpx.get(
         server.url + "/plain",
-        headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13"},
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            "Sec-WebSocket-Version": "13",
+        },
     )
     assert response.text == "http:/plain"
 
@@ -279,7 +302,9 @@ def test_ws_none_serves_upgrade_requests_as_http(serve: Any) -> None:
 # -- raw frames: protocol errors close with the right code -----------------------------------
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv1: bool = False) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv1: bool = False
+) -> bytes:
     head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     length = len(payload)
     mask_bit = 0x80 if mask else 0
@@ -292,13 +317,19 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, r
     if not mask:
         return head + payload
     key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if length < 4096 else _mask(payload, key)
+    masked = (
+        bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        if length < 4096
+        else _mask(payload, key)
+    )
     return head + key + masked
 
 
 def _mask(payload: bytes, key: bytes) -> bytes:
     repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(payload), "big")
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        len(payload), "big"
+    )
 
 
 class RawWebSocket:
@@ -371,7 +402,16 @@ class RawWebSocket:
         (frame(0x0, b"continuation without start"), 1002),
         (frame(0x1, b"rsv1 without deflate", rsv1=True), 1002),
     ],
-    ids=["unmasked", "bad-utf8", "bad-utf8-across-fragments", "fragmented-control", "oversize-control", "reserved-opcode", "stray-continuation", "rsv1"],
+    ids=[
+        "unmasked",
+        "bad-utf8",
+        "bad-utf8-across-fragments",
+        "fragmented-control",
+        "oversize-control",
+        "reserved-opcode",
+        "stray-continuation",
+        "rsv1",
+    ],
 )
 def test_protocol_error_closes_with_the_right_code(server: Any, data: bytes, code: int) -> None:
     client = RawWebSocket(server.port)

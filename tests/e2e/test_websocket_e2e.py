@@ -140,7 +140,9 @@ def test_fastapi_websocket_route_with_query_auth(app_dir: Path) -> None:
 
 def test_a_thousand_concurrent_connections_echo(echo_server: CLIServer) -> None:
     async def one(i: int) -> bool:
-        async with connect(f"ws://127.0.0.1:{echo_server.port}/", compression=None, open_timeout=30) as ws:
+        async with connect(
+            f"ws://127.0.0.1:{echo_server.port}/", compression=None, open_timeout=30
+        ) as ws:
             for round_ in range(3):
                 await ws.send(f"{i}:{round_}")
                 if await ws.recv() != f"{i}:{round_}":
@@ -152,7 +154,9 @@ def test_a_thousand_concurrent_connections_echo(echo_server: CLIServer) -> None:
 
         async def opened(i: int) -> Any:
             async with semaphore:
-                ws = await connect(f"ws://127.0.0.1:{echo_server.port}/", compression=None, open_timeout=30)
+                ws = await connect(
+                    f"ws://127.0.0.1:{echo_server.port}/", compression=None, open_timeout=30
+                )
             return ws
 
         sockets = await asyncio.gather(*(opened(i) for i in range(1000)))
@@ -219,7 +223,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (Debian nginx-light)")
+@pytest.mark.skipif(
+    shutil.which("nginx") is None, reason="nginx is not installed (Debian nginx-light)"
+)
 def test_websocket_upgrade_through_nginx(echo_server: CLIServer, tmp_path: Path) -> None:
     port = free_port()
     conf = tmp_path / "nginx.conf"
@@ -237,7 +243,9 @@ def test_websocket_upgrade_through_nginx(echo_server: CLIServer, tmp_path: Path)
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {process.stderr.read() if process.stderr else ''}") from None
+                    raise RuntimeError(
+                        f"nginx did not start: {process.stderr.read() if process.stderr else ''}"
+                    ) from None
                 time.sleep(0.05)
 
         async def main() -> Any:
