@@ -293,7 +293,7 @@ class MultiprocessSupervisor:
         for sock in self.sockets:
             logger.info(
                 "asgiserve running on %s (workers: %d, supervisor pid: %d) - press CTRL+C to quit",
-                describe(sock),
+                describe(sock, "https" if self.config.tls.enabled else "http"),
                 self.target,
                 os.getpid(),
             )

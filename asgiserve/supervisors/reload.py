@@ -249,6 +249,6 @@ class ReloadSupervisor(MultiprocessSupervisor):
         for sock in self.sockets:
             logger.info(
                 "asgiserve running on %s (reload, supervisor pid: %d) - press CTRL+C to quit",
-                describe(sock),
+                describe(sock, "https" if self.config.tls.enabled else "http"),
                 os.getpid(),
             )

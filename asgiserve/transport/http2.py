@@ -98,6 +98,7 @@ class H2Stream:
         "ended",
         "pending",
         "pending_end",
+        "started_at",
         "stream_id",
         "unacked",
         "waiters",
@@ -107,6 +108,7 @@ class H2Stream:
         self.connection = connection
         self.stream_id = stream_id
         self.cycle: HTTPCycle | None = None
+        self.started_at = connection.loop.time()
         #: Response bytes waiting for the peer's flow-control window, and whether the stream
         #: ends after them.
         self.pending = b""
@@ -241,6 +243,13 @@ class H2Stream:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _lower(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -410,7 +419,13 @@ class HTTP2Connection(asyncio.Protocol):
         scope["extensions"]["http.response.trailers"] = {}
         scope["extensions"]["http.response.early_hint"] = {}
         cycle = HTTPCycle(
-            scope, stream, expect_continue=False, has_body=not ended, on_complete=self._on_complete
+            scope,
+            stream,
+            expect_continue=False,
+            has_body=not ended,
+            on_complete=self._on_complete,
+            body_limit=state.limit_request_body,
+            declared_length=_content_length(headers),
         )
         stream.cycle = cycle
         self.deadline = 0.0
@@ -430,7 +445,13 @@ class HTTP2Connection(asyncio.Protocol):
         stream = sink
         access_log = self.state.access_log
         if access_log is not None:
-            access_log(cycle.scope, cycle.status, cycle.bytes_sent, self.loop.time())
+            access_log(
+                cycle.scope,
+                cycle.status,
+                cycle.bytes_sent,
+                stream.started_at,
+                cycle.response_headers,
+            )
         if not stream.pending:
             self.streams.pop(stream.stream_id, None)
             self._idle_check()
