@@ -368,6 +368,13 @@ def render(data: dict[str, Any]) -> str:
             theirs = summary.get((base, test), {}).get("rate")
             cells.append(f"**{mine / theirs:.1f}x**" if mine and theirs else "-")
         lines.append(f"| {test} | " + " | ".join(cells) + " |")
+    ours_large = summary.get((ours, "static20m"))
+    if ours_large is not None and ours_large["load_cpu"] > 90:
+        lines += [
+            "",
+            "On the 20 MiB file wrk itself is the limit (its core is busy): compare the "
+            "servers' CPU below, at about the same throughput.",
+        ]
     lines += [
         "",
         "Sanity (medians): CPU of the server (its core) and of wrk; spread = (max - min) / "
