@@ -42,6 +42,8 @@ POST = (
     b"Content-Length: 1024\r\n\r\n" + POST_BODY
 )
 WARMUP = 200
+#: Websocket echo tests: payload size of each text message.
+WS_SIZES = {"ws64": 64, "ws16k": 16384}
 
 
 class FakeTransport(asyncio.Transport):
@@ -61,8 +63,16 @@ class FakeTransport(asyncio.Transport):
             "sslcontext": None,
         }
 
+        self.protocol: Any = None
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         data = bytes(data)
@@ -111,6 +121,9 @@ def make_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any
         keep_alive_timeout=5.0,
         head_timeout=10.0,
     )
+    from asgiserve.transport.websocket import WebSocketSettings
+
+    state.websocket = WebSocketSettings()  # the defaults, as --ws auto with websockets installed
     # What the server's once-a-second tick sets (server + date header block).
     state.default_headers = b"server: asgiserve\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
     return HTTP11Connection(state)
@@ -121,7 +134,15 @@ def make_uvicorn_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    config = Config(app, http=http, access_log=False, log_level="warning", lifespan="off")
+    # websockets-sansio: uvicorn's fastest websocket implementation here (see run.py).
+    config = Config(
+        app,
+        http=http,
+        ws="websockets-sansio",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
     config.load()
     if http == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol as protocol_class
@@ -139,13 +160,36 @@ async def drive(
     sys.path.insert(0, str(ROOT))
     from benchmarks import apps
 
-    app = {"hello": apps.hello, "json": apps.json, "echo": apps.echo}[test]
-    marker = {"hello": apps.HELLO_BODY, "json": b'"tags"', "echo": POST_BODY}[test]
-    payload = (POST if test == "echo" else REQUEST) * pipeline
     loop = asyncio.get_running_loop()
-    conn = SERVER[server](app, http, loop)
-    transport = FakeTransport(marker)
-    conn.connection_made(transport)
+    if test in WS_SIZES:
+        # Websocket echo: upgrade once, then each "request" is one masked text frame whose
+        # echo (unmasked) carries the payload verbatim.
+        from benchmarks import wsload
+
+        marker = wsload.make_payload(WS_SIZES[test], text=True)
+        payload = wsload.build_frame(marker, text=True) * pipeline
+        conn = SERVER[server](apps.ws_echo, http, loop)
+        transport = FakeTransport(b"HTTP/1.1 101")
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        handshake, _ = wsload.handshake_request("127.0.0.1", 8000)
+        conn.data_received(handshake)
+        for _ in range(100):
+            if transport.responses:
+                break
+            await asyncio.sleep(0)
+        else:
+            raise RuntimeError("websocket handshake not answered")
+        conn = transport.protocol
+        transport.marker = marker
+        transport.responses = 0
+    else:
+        app = {"hello": apps.hello, "json": apps.json, "echo": apps.echo}[test]
+        marker = {"hello": apps.HELLO_BODY, "json": b'"tags"', "echo": POST_BODY}[test]
+        payload = (POST if test == "echo" else REQUEST) * pipeline
+        conn = SERVER[server](app, http, loop)
+        transport = FakeTransport(marker)
+        conn.connection_made(transport)
 
     async def serve(n: int) -> None:
         target = transport.responses
@@ -270,7 +314,7 @@ def measure(args: argparse.Namespace, n: int, tmp: Path) -> tuple[int, dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--http", default="httptools", choices=["httptools", "h11"])
-    p.add_argument("--test", default="hello", choices=["hello", "json", "echo"])
+    p.add_argument("--test", default="hello", choices=["hello", "json", "echo", *WS_SIZES])
     p.add_argument("--pipeline", type=int, default=1, help="requests per data_received call")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     p.add_argument(

@@ -12,12 +12,26 @@ when the app accepts. Nothing is re-serialised and re-parsed.
 payload and again while inflating (so a small compressed frame cannot inflate past the limit),
 answers pings and echoes close frames. What it leaves to its callers we do here: reassembling
 fragmented messages and validating UTF-8 in text messages (close code 1007).
+
+The common case has a short cut. When no extension was negotiated and the connection is
+open, a complete, unfragmented, masked text or binary frame of at most ``max_size`` bytes
+(and at most ``_FAST_FRAME_LIMIT``) is decoded here, and an outgoing text or binary message is
+framed here: both are a few lines of RFC 6455 section 5.2, and doing them without the general
+frame machinery is what makes small-message echo fast. Every other frame (control frames,
+fragments, reserved bits or opcodes, unmasked, oversize, compressed) is handed whole, or as a
+stream of exactly its own bytes, to ``websockets``, so its parser is always at a frame
+boundary when the short cut runs, and every error keeps its close code.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
@@ -30,6 +44,17 @@ from websockets.server import ServerProtocol
 __all__ = ["Handshake", "Message", "WebSocketClosed", "WebSocketCore"]
 
 BytesLike = bytes | bytearray | memoryview
+
+#: Frames bigger than this go to ``websockets`` even when simple: its reader streams them,
+#: while the short cut would hold the whole frame before decoding it.
+_FAST_FRAME_LIMIT = 256 * 1024
+_FIN_TEXT = 0x81
+_FIN_BINARY = 0x82
+_PLAIN_DATA_HEADS = (_FIN_TEXT, _FIN_BINARY)  # FIN, no RSV bits, text or binary
+#: Server frame heads (FIN set, unmasked) for payloads under 126 bytes, by opcode and length.
+_SMALL_HEADS = {
+    opcode: [bytes((opcode, n)) for n in range(126)] for opcode in (_FIN_TEXT, _FIN_BINARY)
+}
 
 
 class Message:
@@ -79,6 +104,15 @@ class WebSocketCore:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._closed_reported = False
         self._failed = False
+        self._max_size = max_size
+        #: Set after the handshake: True when no extension was negotiated (short cut allowed).
+        self._plain = False
+        #: Bytes of an incomplete frame held for the short cut.
+        self._held = bytearray()
+        #: Bytes still owed to ``websockets`` for the frame it is parsing (see receive_data).
+        self._owed = 0
+        #: Frames framed by the short cut, waiting for data_to_send.
+        self._out: list[bytes] = []
         #: Pong frames received so far (keep-alive pings are answered by pongs).
         self.pongs_seen = 0
 
@@ -89,6 +123,7 @@ class WebSocketCore:
             path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         )
         response = self._protocol.accept(request)
+        self._plain = not self._protocol.extensions
         kept = [
             (name, value)
             for name, value in response.headers.raw_items()
@@ -100,8 +135,81 @@ class WebSocketCore:
 
     def receive_data(self, data: bytes) -> list[Message | WebSocketClosed]:
         protocol = self._protocol
-        protocol.receive_data(data)
-        return self._events()
+        if not self._plain:
+            protocol.receive_data(data)
+            return self._events()
+        held = self._held
+        if held:
+            held += data
+            buf: bytes | bytearray = held
+        else:
+            buf = data
+        out: list[Message | WebSocketClosed] = []
+        end = len(buf)
+        pos = 0
+        while pos < end:
+            owed = self._owed
+            if owed:
+                # websockets is inside a frame: give it that frame's bytes and no more.
+                take = min(owed, end - pos)
+                self._owed = owed - take
+                protocol.receive_data(buf[pos : pos + take])
+                pos += take
+                out.extend(self._events())
+                continue
+            if protocol.state is not State.OPEN or self._opcode is not None:
+                # Closing, failed or inside a fragmented message: websockets has it all.
+                self._owed = 0
+                protocol.receive_data(buf[pos:])
+                pos = end
+                out.extend(self._events())
+                break
+            if end - pos < 2:
+                break
+            head = buf[pos]
+            length = buf[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                start = pos + 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            masked = buf[pos + 1] & 0x80
+            if masked:
+                start += 4
+            frame_end = start + length
+            if (
+                head not in _PLAIN_DATA_HEADS
+                or not masked
+                or length > self._max_size
+                or length > _FAST_FRAME_LIMIT
+            ):
+                self._owed = frame_end - pos
+                continue
+            if frame_end > end:
+                break  # wait for the rest of this frame
+            payload = apply_mask(buf[start:frame_end], bytes(buf[start - 4 : start]))
+            pos = frame_end
+            if head == _FIN_BINARY:
+                out.append(Message(None, payload))
+                continue
+            try:
+                out.append(Message(payload.decode("utf-8"), None))
+            except UnicodeDecodeError:
+                self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+                out.extend(self._events())
+                pos = end  # the connection is failing: the rest is discarded
+                break
+        if held:
+            del held[:pos]
+        elif pos < end:
+            held += buf[pos:]
+        return out
 
     def receive_eof(self) -> list[Message | WebSocketClosed]:
         self._protocol.receive_eof()
@@ -195,10 +303,30 @@ class WebSocketCore:
     # -- sending -----------------------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
-        self._protocol.send_text(text.encode("utf-8"))
+        if self._plain and self._protocol.state is State.OPEN:
+            self._frame(_FIN_TEXT, text.encode("utf-8"))
+        else:
+            self._protocol.send_text(text.encode("utf-8"))
 
     def send_bytes(self, data: bytes) -> None:
-        self._protocol.send_binary(data)
+        if self._plain and self._protocol.state is State.OPEN:
+            self._frame(_FIN_BINARY, data)
+        else:
+            self._protocol.send_binary(data)
+
+    def _frame(self, head: int, payload: bytes) -> None:
+        # Anything websockets queued (pongs) was produced first and must go out first.
+        out = self._out
+        if self._protocol.writes:
+            out.extend(self._protocol.data_to_send())
+        length = len(payload)
+        if length < 126:
+            out.append(_SMALL_HEADS[head][length] + payload)
+        elif length < 65536:
+            out.append(bytes((head, 126)) + length.to_bytes(2, "big") + payload)
+        else:
+            out.append(bytes((head, 127)) + length.to_bytes(8, "big"))
+            out.append(payload)
 
     def send_ping(self, data: bytes) -> None:
         self._protocol.send_ping(data)
@@ -214,6 +342,9 @@ class WebSocketCore:
     def data_to_send(self) -> tuple[bytes, bool]:
         """Bytes to write, and whether the protocol is done writing (time to close TCP)."""
         writes = self._protocol.data_to_send()
+        if self._out:
+            writes = [*self._out, *writes]
+            self._out.clear()
         if not writes:
             return b"", False
         # websockets marks "end of output" with an empty chunk.

@@ -10,6 +10,11 @@ WebSocketCycle` and we are its sink: the 101 response goes out when the app acce
 go through the core both ways, and reading pauses while the app is ``max_queue`` messages
 behind. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
 server's once-a-second sweep, like HTTP timeouts.
+
+Messages the app sends are written once per event-loop iteration (``call_soon``), so an app
+answering a burst of messages makes one ``write`` syscall, not one per message; past
+``_FLUSH_AT`` unwritten bytes we write at once, so the transport's high-water mark (and with it
+``await send()`` waiting for a slow reader) still bounds memory.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgiserve.error")
 
 __all__ = ["WebSocketConnection", "WebSocketSettings"]
+
+#: Unwritten message bytes past which send_message writes now instead of at the loop's turn.
+_FLUSH_AT = 64 * 1024
 
 
 class WebSocketSettings:
@@ -78,6 +86,7 @@ class WebSocketConnection(asyncio.Protocol):
         "cycle",
         "deadline",
         "drain_waiters",
+        "flush_scheduled",
         "handshake_headers",
         "loop",
         "pending_out",
@@ -88,6 +97,7 @@ class WebSocketConnection(asyncio.Protocol):
         "state",
         "timer",
         "transport",
+        "unflushed",
         "writing_paused",
     )
 
@@ -112,6 +122,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.timer = _Timer.NONE
         self.pongs_seen = 0
         self.started_at = self.loop.time()
+        self.flush_scheduled = False
+        self.unflushed = 0
 
     def start(self, head: RequestHead, info: ConnectionInfo, trailing: bytes) -> None:
         """Check the handshake and start the app; called right after the protocol switch."""
@@ -222,9 +234,20 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if text is not None:
             core.send_text(text)
+            size = len(text)
         else:
             assert data is not None
             core.send_bytes(data)
+            size = len(data)
+        self.unflushed += size
+        if self.unflushed >= _FLUSH_AT:
+            self._flush()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
         self._flush()
 
     def close(self, code: int, reason: str) -> None:
@@ -248,6 +271,7 @@ class WebSocketConnection(asyncio.Protocol):
     # -- helpers -------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        self.unflushed = 0
         data, eof = self.core.data_to_send()
         transport = self.transport
         if transport is None:

@@ -1,0 +1,162 @@
+"""The sans-I/O WebSocket core fed directly: its short cut for plain data frames must give
+exactly the messages, replies and close codes that the ``websockets`` parser gives."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from asgiserve.protocols.websocket import Message, WebSocketClosed, WebSocketCore
+from tests.test_websocket import frame as client_frame
+
+HANDSHAKE = [
+    (b"host", b"a"),
+    (b"connection", b"Upgrade"),
+    (b"upgrade", b"websocket"),
+    (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"sec-websocket-version", b"13"),
+]
+
+
+def open_core(*, max_size: int = 1 << 20, deflate: str | None = None) -> WebSocketCore:
+    core = WebSocketCore(max_size=max_size, per_message_deflate=True)
+    headers = list(HANDSHAKE)
+    if deflate:
+        headers.append((b"sec-websocket-extensions", deflate.encode()))
+    assert core.handshake("/", headers).accepted
+    return core
+
+
+def feed(core: WebSocketCore, data: bytes, chunk: int) -> list[Message | WebSocketClosed]:
+    events: list[Message | WebSocketClosed] = []
+    for i in range(0, len(data), chunk):
+        events.extend(core.receive_data(data[i : i + chunk]))
+    return events
+
+
+def summary(events: list[Message | WebSocketClosed]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for event in events:
+        if isinstance(event, Message):
+            out.append(("text", event.text) if event.text is not None else ("bytes", event.data))
+        else:
+            out.append(("closed", (event.code, event.reason)))
+    return out
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while data:
+        opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
+        assert not data[1] & 0x80, "server frames are never masked"
+        if length == 126:
+            length, offset = struct.unpack("!H", data[2:4])[0], 4
+        elif length == 127:
+            length, offset = struct.unpack("!Q", data[2:10])[0], 10
+        frames.append((opcode, data[offset : offset + length]))
+        data = data[offset + length :]
+    return frames
+
+
+BIG = os.urandom(300 * 1024)  # past the short cut's limit: websockets parses it
+MIXED = [
+    client_frame(0x1, b"hello"),
+    client_frame(0x2, bytes(range(200))),  # 16-bit length
+    client_frame(0x1, "é".encode() * 35_000),  # 64-bit length
+    client_frame(0x9, b"ping!"),
+    client_frame(0x2, BIG),
+    client_frame(0x1, b"frag", fin=False),
+    client_frame(0x9, b"mid"),
+    client_frame(0x0, b"mented", fin=True),
+    client_frame(0x2, b""),
+    client_frame(0x1, b"last"),
+]
+EXPECTED = [
+    ("text", "hello"),
+    ("bytes", bytes(range(200))),
+    ("text", "é" * 35_000),
+    ("bytes", BIG),
+    ("text", "fragmented"),
+    ("bytes", b""),
+    ("text", "last"),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 125, 4096, 1 << 30])
+def test_any_split_of_the_stream_gives_the_same_messages(chunk: int) -> None:
+    core = open_core()
+    data = b"".join(MIXED)
+    if chunk == 1:
+        data = data[: -len(MIXED[4]) - sum(map(len, MIXED[5:]))]  # byte by byte: skip BIG
+        expected = EXPECTED[:3]
+    else:
+        expected = EXPECTED
+    assert summary(feed(core, data, chunk)) == expected
+    pongs = [p for opcode, p in server_frames(core.data_to_send()[0]) if opcode == 0xA]
+    assert pongs == ([b"ping!"] if chunk == 1 else [b"ping!", b"mid"])
+
+
+def test_short_cut_and_websockets_agree_on_a_compressed_connection() -> None:
+    # With permessage-deflate negotiated every frame goes through websockets.
+    core = open_core(deflate="permessage-deflate")
+    data = b"".join([client_frame(0x1, b"plain"), client_frame(0x2, b"\x00\x01")])
+    assert summary(feed(core, data, 3)) == [("text", "plain"), ("bytes", b"\x00\x01")]
+    core.send_text("x" * 1000)
+    ((opcode, payload),) = server_frames(core.data_to_send()[0])
+    assert opcode == 0x1 and len(payload) < 100  # compressed by websockets
+
+
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (client_frame(0x1, b"\xff"), 1007),
+        (client_frame(0x1, b"ok") + client_frame(0x1, b"bad \xc3"), 1007),
+        (client_frame(0x1, b"unmasked", mask=False), 1002),
+        (client_frame(0x1, b"a", fin=False) + client_frame(0x1, b"b"), 1002),
+        (client_frame(0x2, b"x" * 2000), 1009),
+        (client_frame(0x3, b"reserved"), 1002),
+    ],
+    ids=[
+        "bad-utf8",
+        "bad-utf8-after-good",
+        "unmasked",
+        "new-message-in-fragment",
+        "too-big",
+        "op3",
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_errors_keep_their_close_codes(data: bytes, code: int, chunk: int) -> None:
+    core = open_core(max_size=1000)
+    events = feed(core, data, chunk)
+    closed = [e for e in events if isinstance(e, WebSocketClosed)]
+    assert [c.code for c in closed] == [code]
+    sent = server_frames(core.data_to_send()[0])
+    assert sent[-1][0] == 0x8 and struct.unpack("!H", sent[-1][1][:2])[0] == code
+
+
+def test_frames_after_a_close_are_not_messages() -> None:
+    core = open_core()
+    data = client_frame(0x8, struct.pack("!H", 1000)) + client_frame(0x1, b"too late")
+    events = feed(core, data, 1 << 20)
+    assert summary(events) == [("closed", (1000, ""))]
+    assert not core.open
+    out, eof = core.data_to_send()
+    assert [f[0] for f in server_frames(out)] == [0x8] and eof
+
+
+def test_sent_messages_are_framed_in_order_after_queued_pongs() -> None:
+    core = open_core()
+    core.receive_data(client_frame(0x9, b"p1"))
+    core.send_text("a")
+    core.send_bytes(b"\x00" * 70_000)
+    core.send_text("é" * 100)
+    frames = server_frames(core.data_to_send()[0])
+    assert frames == [
+        (0xA, b"p1"),
+        (0x1, b"a"),
+        (0x2, b"\x00" * 70_000),
+        (0x1, "é".encode() * 100),
+    ]
