@@ -396,6 +396,31 @@ def test_slow_reader_of_a_big_response_does_not_grow_server_memory(serve: Any) -
     assert received >= 50 * 1024 * 1024
 
 
+def test_big_response_inside_a_pipelined_burst_keeps_flow_control(serve: Any) -> None:
+    # Responses to a burst of pipelined requests are held back to be written together: a
+    # large one among them must still be written as it goes, so that send() waits for the
+    # slow reader instead of the server buffering 50 MiB.
+    import resource
+
+    server = serve(apps.app)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(get(server.port) * 3 + get(server.port, "/big?mb=50") + get(server.port))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    time.sleep(1.0)
+    after_wait = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    received, tail, hellos = 0, b"", 0
+    while hellos < 4 or received < 50 * 1024 * 1024:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "closed early"
+        received += len(chunk)
+        tail = tail[-64:] + chunk
+        hellos += tail.count(b"Hello, world!") - tail[: -len(chunk)].count(b"Hello, world!")
+    sock.close()
+    assert hellos == 4
+    assert after_wait - before < 20 * 1024  # KiB
+
+
 def test_reading_pauses_when_the_app_does_not_consume_the_body(serve: Any) -> None:
     release = threading.Event()
     seen: list[int] = []

@@ -8,7 +8,10 @@ reports requests to us (``on_request``/``on_body``/``on_request_end``); each req
 (pipelined requests wait their turn; reading pauses while any wait, so buffered input stays
 bounded). The app for a request runs in a task started eagerly on Python 3.12+, so a simple
 response is complete before ``data_received`` returns; while we work through a burst of
-pipelined requests, writes are "corked" into one ``transport.write``.
+pipelined requests, writes are "corked" into one ``transport.write``. Where tasks start lazily
+(3.10, 3.11) each pipelined request takes a loop iteration, so the cork stays open across
+iterations for as long as responses keep completing (checked once per iteration), and a cork
+never holds more than ``CORK_LIMIT`` bytes.
 
 We are the cycle's :class:`~asgiserve.asgi.http.ResponseSink`: we decide the HTTP/1.1 framing
 (Content-Length, chunked, or close-delimited for HTTP/1.0) and whether the connection stays
@@ -57,6 +60,8 @@ logger = logging.getLogger("asgiserve.error")
 __all__ = ["HTTP11Connection"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Bytes a cork may hold before they are written anyway.
+CORK_LIMIT = 64 * 1024
 # Offered to every HTTP request (ASGI extensions); HTTPCycle handles the messages.
 _FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
@@ -89,6 +94,8 @@ class HTTP11Connection(asyncio.Protocol):
         "closing",
         "context",
         "cork",
+        "cork_bytes",
+        "cork_mark",
         "deadline",
         "deadline_kind",
         "discarding",
@@ -105,6 +112,7 @@ class HTTP11Connection(asyncio.Protocol):
         "reading_paused",
         "response_chunked",
         "response_close",
+        "responses_done",
         "started_at",
         "state",
         "transport",
@@ -138,7 +146,12 @@ class HTTP11Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         #: How files are sent on this connection (made on first use); told when it is lost.
         self.file_sender: SocketFileSender | None = None
+        #: Responses held back to be written together (see the module docstring), their size,
+        #: and for a cork that spans loop iterations, ``responses_done`` at its last check.
         self.cork: list[bytes] | None = None
+        self.cork_bytes = 0
+        self.cork_mark = -1
+        self.responses_done = 0
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
         self.started_at = 0.0
@@ -373,11 +386,39 @@ class HTTP11Connection(asyncio.Protocol):
                 self._start(cycle)
         finally:
             if cork is not None:
-                self.cork = None
-                if cork and self.transport is not None:
-                    self.transport.write(b"".join(cork))
+                if not EAGER_TASKS and self.active is not None and not self.closing:
+                    # The request just started runs at the loop's next turn: keep the cork.
+                    self.cork_mark = self.responses_done
+                    self.loop.call_soon(self._check_cork)
+                else:
+                    self._uncork()
         if self.reading_paused:
             self._update_reading()
+
+    def _check_cork(self) -> None:
+        """Once per loop iteration while a cork spans iterations: write it out unless
+        pipelined responses are still completing one after the other."""
+        if self.cork is None:
+            return
+        if self.responses_done != self.cork_mark and (self.active is not None or self.queue):
+            self.cork_mark = self.responses_done
+            self.loop.call_soon(self._check_cork)
+        else:
+            self._uncork()
+
+    def _flush_cork(self) -> None:
+        """Write what the cork holds; the cork stays in place."""
+        cork = self.cork
+        if cork:
+            self.cork_bytes = 0
+            data = b"".join(cork)
+            cork.clear()
+            if self.transport is not None:
+                self.transport.write(data)
+
+    def _uncork(self) -> None:
+        self._flush_cork()
+        self.cork = None
 
     def _start(self, cycle: HTTPCycle) -> None:
         state = self.state
@@ -400,6 +441,7 @@ class HTTP11Connection(asyncio.Protocol):
         head = self.active_head
         self.active = None
         self.active_head = None
+        self.responses_done += 1
         access_log = self.state.access_log
         if access_log is not None:
             access_log(
@@ -432,15 +474,17 @@ class HTTP11Connection(asyncio.Protocol):
             self._close()
             return
         if self.queue:
-            if self.cork is not None or not EAGER_TASKS:
-                # Inside _run_queue's loop (or tasks start lazily anyway): it goes on.
-                if self.cork is None:
-                    self._run_queue()
+            if not EAGER_TASKS:
+                self._run_queue()  # the next task starts at the loop's next turn anyway
+            elif self.cork is not None:
+                pass  # inside _run_queue's loop: it goes on
             else:
                 # An eager task started from inside this app's task would nest; go round the
                 # loop once instead.
                 self.loop.call_soon(self._run_queue_soon)
             return
+        if self.cork is not None and not EAGER_TASKS:
+            self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
         if self.parser.in_head:
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
@@ -558,11 +602,8 @@ class HTTP11Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
-        cork = self.cork
-        if cork:
-            # The head may wait in a corked burst of pipelined responses: it goes first.
-            transport.write(b"".join(cork))
-            cork.clear()
+        # The head may wait in a corked burst of pipelined responses: it goes first.
+        self._flush_cork()
         sender = self.file_sender
         if sender is None:
             sender = self.file_sender = SocketFileSender.for_transport(self.loop, transport)
@@ -602,6 +643,10 @@ class HTTP11Connection(asyncio.Protocol):
         cork = self.cork
         if cork is not None:
             cork.append(data)
+            self.cork_bytes += len(data)
+            if self.cork_bytes > CORK_LIMIT:
+                # A long response inside a burst: write now so that flow control sees it.
+                self._flush_cork()
         elif self.transport is not None and not self.closing:
             self.transport.write(data)
 
@@ -678,10 +723,7 @@ class HTTP11Connection(asyncio.Protocol):
         self.deadline = 0.0
         transport = self.transport
         if transport is not None:
-            cork = self.cork
-            if cork:
-                transport.write(b"".join(cork))
-                cork.clear()
+            self._flush_cork()
             transport.close()
 
     def shutdown(self) -> None:
