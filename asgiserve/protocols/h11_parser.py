@@ -187,7 +187,9 @@ class H11Parser:
             event.method.decode("ascii"),
             event.target,
             version,
-            list(event.headers),
+            # raw_items() is one list; iterating h11's Headers goes item by item through
+            # Sequence.__iter__ and __getitem__ (several Python calls per header).
+            [(name.lower(), value) for name, value in event.headers.raw_items()],
             max_fields=self._max_fields,
         )
         self._switching = bool(self._sink.on_request(head)) and head.upgrade is not None
