@@ -16,6 +16,7 @@ per request, far below 0.1 % of what is measured.
     python benchmarks/h2cost.py                  # callgrind, 16 streams per read
     python benchmarks/h2cost.py --streams 1
     python benchmarks/h2cost.py --profile        # cProfile of the same driver, top functions
+    python benchmarks/h2cost.py --loop bare      # h2 alone answering the same requests
     python benchmarks/h2cost.py --no-valgrind    # run the driver once (smoke test)
 """
 
@@ -160,7 +161,47 @@ async def drive(requests: int, per_read: int) -> dict[str, Any]:
     return {"responses": done, "bytes_out": transport.bytes_out}
 
 
+# What asgiserve answers the hello app with (date and server from the once-a-second tick).
+BARE_RESPONSE = [
+    (b":status", b"200"),
+    (b"server", b"asgiserve"),
+    (b"date", b"Thu, 01 Jan 2026 00:00:00 GMT"),
+    (b"content-type", b"text/plain"),
+    (b"content-length", b"13"),
+]
+
+
+def drive_bare(requests: int, per_read: int) -> dict[str, Any]:
+    """The floor ``h2`` itself sets: the same bytes into an ``h2`` connection configured as
+    asgiserve configures it, each request answered with one send_headers and one send_data,
+    one data_to_send per read. No asyncio, no ASGI, no asgiserve."""
+    from h2.events import RequestReceived
+
+    from asgiserve.protocols.http2 import new_connection
+
+    conn = new_connection(
+        max_concurrent_streams=100, max_header_list_size=65536, initial_window_size=262144
+    )
+    conn.initiate_connection()
+    opening, reads = client_stream(WARMUP + requests, per_read)
+    conn.receive_data(opening)
+    conn.data_to_send()
+    responses = bytes_out = 0
+    for index, (data, _count) in enumerate(reads):
+        if index == WARMUP // per_read:
+            responses = 0
+        for event in conn.receive_data(data):
+            if type(event) is RequestReceived:
+                conn.send_headers(event.stream_id, BARE_RESPONSE)
+                conn.send_data(event.stream_id, b"Hello, world!", end_stream=True)
+                responses += 1
+        bytes_out += len(conn.data_to_send())
+    return {"responses": responses, "bytes_out": bytes_out}
+
+
 def child(requests: int, per_read: int, loop: str) -> dict[str, Any]:
+    if loop == "bare":
+        return drive_bare(requests, per_read)
     if loop == "uvloop":
         import uvloop
 
@@ -212,8 +253,13 @@ def profile(args: argparse.Namespace) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=16, help="requests per data_received call")
-    p.add_argument("--requests", type=int, default=1600, help="N_large - N_small")
-    p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    p.add_argument("--requests", type=int, default=960, help="N_large - N_small")
+    p.add_argument(
+        "--loop",
+        default="asyncio",
+        choices=["asyncio", "uvloop", "bare"],
+        help="bare: h2 alone (no asyncio, no ASGI): the floor h2 sets",
+    )
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--valgrind", default=shutil.which("valgrind") or "valgrind")
     p.add_argument("--profile", action="store_true", help="cProfile instead of callgrind")
@@ -244,7 +290,10 @@ def main() -> int:
     small = 8 * args.streams
     large = small + args.requests
     before = _fingerprint()
-    subprocess.run(_argv(args, small), cwd=ROOT, env=_child_env(), check=True, timeout=300)
+    # Once outside valgrind, so that both measured runs load the same cached bytecode.
+    subprocess.run(
+        _argv(args, small), cwd=ROOT, env=_child_env(), capture_output=True, check=True, timeout=300
+    )
     with tempfile.TemporaryDirectory(prefix="asgiserve-h2cost-") as tmp:
         i_small = measure(args, small, Path(tmp))
         i_large = measure(args, large, Path(tmp))
