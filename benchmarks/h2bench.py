@@ -238,7 +238,17 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], info: dict[str,
         values = [r["rps"] for r in kept if r["server"] == name and "rps" in r]
         if len(values) == args.repeats:
             medians[name] = statistics.median(values)
-    base = medians.get("asgiserve")
+    # On a machine shared with other jobs a server gets only part of its CPU: requests per
+    # CPU-second the server used is the steadier figure of the two.
+    per_cpu = {
+        name: statistics.median(
+            100 * r["rps"] / r["server_cpu_pct"]
+            for r in kept
+            if r["server"] == name and "rps" in r and r["server_cpu_pct"] > 0
+        )
+        for name in medians
+    }
+    base, cpu_base = medians.get("asgiserve"), per_cpu.get("asgiserve")
     redone = len(runs) - len(kept)
     lines = [
         f"### HTTP/2 (h2c), hello app, `h2load -c {args.connections} -m {args.streams}`",
@@ -250,8 +260,9 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], info: dict[str,
         f"`(~)` marks a run during which other processes used more than {FOREIGN_LIMIT:g} % "
         f"of either CPU ({redone} disturbed runs were redone; all runs are in the raw JSON).",
         "",
-        "| server | req/s (median) | runs (req/s, foreign CPU %) | asgiserve / server |",
-        "|---|---:|---|---:|",
+        "| server | req/s (median) | runs (req/s, foreign CPU %) | asgiserve / server "
+        "| req per server CPU-second (median) | asgiserve / server |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for name in names:
         cells = []
@@ -263,9 +274,13 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], info: dict[str,
             cells.append(f"{r['rps']:,.0f} ({r['foreign_pct']:.0f}){mark}")
         if name in medians:
             ratio = f"{base / medians[name]:.2f}x" if base else "-"
-            lines.append(f"| `{name}` | {medians[name]:,.0f} | {'; '.join(cells)} | {ratio} |")
+            cpu_ratio = f"{cpu_base / per_cpu[name]:.2f}x" if cpu_base else "-"
+            lines.append(
+                f"| `{name}` | {medians[name]:,.0f} | {'; '.join(cells)} | {ratio} "
+                f"| {per_cpu[name]:,.0f} | {cpu_ratio} |"
+            )
         else:
-            lines.append(f"| `{name}` | failed | {'; '.join(cells)} | - |")
+            lines.append(f"| `{name}` | failed | {'; '.join(cells)} | - | - | - |")
     lines += ["", "Targets (issue 9): asgiserve / granian >= 0.50x, asgiserve / hypercorn >= 10x."]
     errors = [f"- {r['server']}: {r['error'][:300]}" for r in runs if "error" in r]
     errors += [f"- {name}: {why}" for name, why in info["not_ready"].items()]
@@ -293,7 +308,15 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="s of waiting in all")
     parser.add_argument("--retries", type=int, default=1, help="redos of a disturbed run")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS-h2.md")
+    parser.add_argument("--from-json", type=Path, help="re-render a raw JSON file, run nothing")
     args = parser.parse_args()
+    if args.from_json:
+        raw = json.loads(args.from_json.read_text())
+        saved = argparse.Namespace(**{**raw["args"], "output": Path(raw["args"]["output"])})
+        text = report(saved, raw["runs"], raw["info"])
+        print(text)
+        saved.output.write_text(text + kept_notes(saved.output))
+        return 0
     if args.quick:
         args.duration, args.warmup, args.repeats, args.retries, args.budget = 2, 0, 1, 0, 0
         if args.output == HERE / "RESULTS-h2.md":
@@ -354,12 +377,12 @@ def main() -> int:
             server.stop()
         kill_all()
     text = report(args, runs, info)
-    print(text)
     (RESULTS / f"h2-{STAMP}.json").write_text(
         json.dumps({"info": info, "args": {**vars(args), "output": str(args.output)}, "runs": runs},
                    indent=2)
     )  # fmt: skip
     args.output.write_text(text + kept_notes(args.output))
+    print(text)
     return 0
 
 
