@@ -592,8 +592,11 @@ def test_h2load_smoke(server: Any) -> None:
 def test_h2bench_runs_h2load_as_it_accepts_and_reads_its_report(server: Any) -> None:
     # benchmarks/h2bench.py once passed "-D 3.0", which h2load rejects with nothing on stdout,
     # and the benchmark reported "h2load failed" for every server.
-    from benchmarks import h2bench
-
+    saved_path = sys.path[:]
+    try:
+        from benchmarks import h2bench  # puts benchmarks/ on sys.path for its own imports
+    finally:
+        sys.path[:] = saved_path
     args = argparse.Namespace(connections=4, streams=8)
     argv = h2bench.h2load_argv(server.port, args, duration=1, warmup=0)
     assert argv[:3] == ["taskset", "-c", h2bench.LOAD_CPU]
