@@ -3,14 +3,18 @@ hand-made frames for the malformed cases, curl and h2load where installed."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import resource
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -22,6 +26,7 @@ from h2.errors import ErrorCodes
 
 from tests.apps import read_body
 
+ROOT = Path(__file__).resolve().parent.parent
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RELEASE = threading.Event()
 
@@ -579,6 +584,42 @@ def test_h2load_smoke(server: Any) -> None:
         check=True,
     )
     assert "2000 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)"
+)
+def test_h2bench_runs_h2load_as_it_accepts_and_reads_its_report(server: Any) -> None:
+    # benchmarks/h2bench.py once passed "-D 3.0", which h2load rejects with nothing on stdout,
+    # and the benchmark reported "h2load failed" for every server.
+    saved_path = sys.path[:]
+    try:
+        from benchmarks import h2bench  # puts benchmarks/ on sys.path for its own imports
+    finally:
+        sys.path[:] = saved_path
+    args = argparse.Namespace(connections=4, streams=8)
+    argv = h2bench.h2load_argv(server.port, args, duration=1, warmup=0)
+    assert argv[:3] == ["taskset", "-c", h2bench.LOAD_CPU]
+    result = subprocess.run(argv[3:], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert h2bench.parse_h2load(result.stdout) > 0
+    with pytest.raises(ValueError, match="failed"):
+        h2bench.parse_h2load(result.stdout.replace(" 0 failed", " 3 failed"))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "bare"])
+def test_h2cost_driver_gets_every_response(loop: str) -> None:
+    # The deterministic cost measure drives our real connection objects: it must keep working
+    # when they change (it is not run under valgrind here).
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "h2cost.py"), "--no-valgrind"]
+        + ["--requests", "160", "--loop", loop],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout.splitlines()[-1])["responses"] == 160
 
 
 def test_http2_can_be_turned_off(serve: Any) -> None:
