@@ -289,6 +289,10 @@ class Server:
         ws = resolve_ws(self.config.ws)
         if http2_available(self.config.http2):
             http += "+h2"
+        if logger.isEnabledFor(logging.DEBUG):
+            from asgiserve._compiled import build_description
+
+            logger.debug("Hot path: %s", build_description())
         if self._on_started is not None:
             # A supervised worker: the supervisor announces the listeners, once for all workers.
             logger.info(
