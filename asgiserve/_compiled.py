@@ -9,9 +9,11 @@ tests. This module imports nothing from the package, so ``setup.py`` can load it
 from __future__ import annotations
 
 import importlib.util
+import sys
+import warnings
 from importlib.machinery import EXTENSION_SUFFIXES
 
-__all__ = ["HOT_MODULES", "build_description", "compiled_modules"]
+__all__ = ["HOT_MODULES", "build_description", "compiled_modules", "ignore_throw_warning"]
 
 #: The per-request path, chosen by measurement (instructions per request, callgrind). Modules
 #: that are not on it, or that subclass classes mypyc cannot (``OSError``), stay pure Python.
@@ -45,3 +47,17 @@ def build_description() -> str:
     if count == len(HOT_MODULES):
         return f"compiled with mypyc: {count} hot modules"
     return f"partly compiled with mypyc: {count} of {len(HOT_MODULES)} hot modules"
+
+
+# A compiled ``await`` hands an exception on to the awaited object as throw(type, value,
+# traceback), a signature Python 3.12+ deprecates (https://github.com/mypyc/mypyc/issues/1214).
+# It still works, but under ``-W error`` the warning would replace the exception being
+# delivered: a task cancelled while its app waits would fail with DeprecationWarning instead of
+# CancelledError.
+_THROW_WARNING = r"the \(type, exc, tb\) signature of throw\(\) is deprecated"
+
+
+def ignore_throw_warning() -> None:
+    """Ignore that one warning when the compiled build runs on Python 3.12+."""
+    if sys.version_info >= (3, 12) and compiled_modules():
+        warnings.filterwarnings("ignore", message=_THROW_WARNING, category=DeprecationWarning)

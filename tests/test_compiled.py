@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from asgiserve._compiled import HOT_MODULES, build_description, compiled_modules
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RawClient, start_cli
 
 COMPILED = bool(compiled_modules())
 
@@ -110,3 +110,23 @@ def test_context_variables_set_by_one_request_do_not_reach_the_next(serve: Any, 
     client.send(_get("/first") + _get("/second") + _get("/third"))
     bodies = [client.read_response().body for _ in range(3)]
     assert bodies == [b"unset /first", b"unset /second", b"unset /third"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+def test_the_app_task_is_cancelled_cleanly_under_warnings_as_errors() -> None:
+    # The compiled build on 3.12+ hands exceptions on with a deprecated throw() signature
+    # (asgiserve/_compiled.py): that warning must not replace the CancelledError.
+    server = start_cli(
+        "tests.test_compiled:task_app", "--log-level", "info", env={"PYTHONWARNINGS": "error"}
+    )
+    try:
+        client = RawClient(server.port)
+        try:
+            client.send(_get("/"))
+            body = client.read_response().body
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert body == b"True True True"
+    assert "DeprecationWarning" not in server.output()
