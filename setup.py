@@ -48,13 +48,14 @@ if _compile_requested():
         # run again with them installed.
         setup(setup_requires=[*_TYPED_DEPENDENCIES, "mypy>=1.11"])
         raise SystemExit("ASGISERVE_COMPILE=1 needs mypy: pip install mypy") from None
-    # One shared library for the runtime support code, named after us rather than a hash.
     # Unused "type: ignore" comments depend on which optional packages (httptools, uvloop) the
     # build environment has; they do not matter to the compiler.
     mypy_options = ["--no-warn-unused-ignores"]
+    # The runtime support code goes in one shared library inside the package
+    # (asgiserve/_hot__mypyc), so that an editable install finds it too.
     setup(
         ext_modules=mypycify(
-            [*mypy_options, *_hot_modules()], opt_level="3", group_name="asgiserve"
+            [*mypy_options, *_hot_modules()], opt_level="3", group_name="asgiserve._hot"
         )
     )
 else:
