@@ -78,9 +78,11 @@ def _option_names(command: click.Command) -> dict[str, str]:
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
+    from asgiserve._compiled import build_description
+
     click.echo(
         f"asgiserve {__version__} ({sys.implementation.name} "
-        f"{'.'.join(map(str, sys.version_info[:3]))})"
+        f"{'.'.join(map(str, sys.version_info[:3]))}, {build_description()})"
     )
     ctx.exit()
 

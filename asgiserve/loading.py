@@ -200,7 +200,7 @@ def parser_factory(
         from asgiserve.protocols.httptools_parser import HttptoolsParser as parser_class
     else:
         from asgiserve.protocols.h11_parser import H11Parser as parser_class  # type: ignore[assignment]
-    factory: ParserFactory = functools.partial(  # type: ignore[assignment]
+    factory: ParserFactory = functools.partial(
         parser_class, max_request_line=max_request_line, max_head=max_head, max_fields=max_fields
     )
     return factory

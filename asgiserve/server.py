@@ -17,6 +17,7 @@ import threading
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from asgiserve._compiled import build_description, ignore_throw_warning
 from asgiserve.asgi.lifespan import Lifespan, LifespanFailure
 from asgiserve.config import Config
 from asgiserve.loading import (
@@ -113,6 +114,7 @@ class Server:
         """Run until told to exit; raise :class:`StartupFailure` if startup fails."""
         if self.should_exit is None:
             self.should_exit = asyncio.Event()
+        ignore_throw_warning()
         self._install_signal_handlers()
         try:
             await self._serve(sockets)
@@ -289,6 +291,8 @@ class Server:
         ws = resolve_ws(self.config.ws)
         if http2_available(self.config.http2):
             http += "+h2"
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Hot path: %s", build_description())
         if self._on_started is not None:
             # A supervised worker: the supervisor announces the listeners, once for all workers.
             logger.info(

@@ -949,6 +949,7 @@ def collect_versions(python: str, wrk: str) -> dict[str, str]:
         "    except m.PackageNotFoundError: pass\n"
         "try:\n"
         "    import asgiserve._version as v; out['asgiserve'] = v.__version__\n"
+        "    import asgiserve._compiled as c; out['asgiserve build'] = c.build_description()\n"
         "except Exception: pass\n"
         "print(json.dumps(out))\n"
     )

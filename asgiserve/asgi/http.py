@@ -32,6 +32,8 @@ import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from asgiserve.asgi.errors import ClientDisconnected
+
 if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp, Message, Scope
 
@@ -64,10 +66,6 @@ _WATCHED_HEADERS = {
     b"server": HEADER_SERVER,
     b"date": HEADER_DATE,
 }
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send()`` once the client has gone away (ASGI HTTP spec 2.4)."""
 
 
 class Phase(enum.IntEnum):

@@ -27,7 +27,7 @@ import contextvars
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from asgiserve.asgi.http import (
     HEADER_CONNECTION,
@@ -74,9 +74,9 @@ _MAYBE_PRIOR_KNOWLEDGE = b"h2 prior knowledge?"
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
-    NONE = 0
-    IDLE = 1  # keep-alive timeout: close quietly
-    HEAD = 2  # request head too slow: 408 and close
+    NONE: Final = 0
+    IDLE: Final = 1  # keep-alive timeout: close quietly
+    HEAD: Final = 2  # request head too slow: 408 and close
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:

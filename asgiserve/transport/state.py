@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import sys
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp
@@ -16,14 +16,19 @@ if TYPE_CHECKING:
     from asgiserve.transport.tls import TLSInfo
     from asgiserve.transport.websocket import WebSocketSettings
 
-    class RequestParser:
-        in_head: bool
+__all__ = ["EAGER_TASKS", "RequestParser", "ServerState", "start_task"]
 
-        def feed(self, data: bytes) -> None: ...
 
+class RequestParser(Protocol):
+    """What a connection needs from a parser backend (httptools or h11)."""
+
+    in_head: bool
+
+    def feed(self, data: bytes) -> None: ...
+
+
+if TYPE_CHECKING:
     ParserFactory = Callable[[RequestSink], RequestParser]
-
-__all__ = ["EAGER_TASKS", "ServerState", "start_task"]
 
 #: Python 3.12+ can run a task's first step immediately, inside the call that creates it, so a
 #: simple response is written before ``data_received`` returns (no extra loop iteration).
