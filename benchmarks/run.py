@@ -131,6 +131,62 @@ class ServerSpec:
     check: Callable[[str], list[str]]  # (python) -> argv that exits 0 when the server is usable
     tests: frozenset[str] | None = None  # None: every test
     note: str = ""
+    #: (python) -> a directory to put first on PYTHONPATH (the compiled build), made on demand.
+    source_tree: Callable[[str], Path] | None = None
+
+
+def compiled_tree(python: str) -> Path:
+    """A copy of asgiserve with its hot modules compiled by mypyc (``ASGISERVE_COMPILE=1``,
+    see setup.py), built once per source version under benchmarks/results/ (git-ignored), so
+    that the pure and the compiled build run side by side in one run."""
+    import hashlib
+
+    sources = [
+        ROOT / "setup.py",
+        ROOT / "pyproject.toml",
+        *sorted((ROOT / "asgiserve").rglob("*.py")),
+    ]
+    digest = hashlib.sha256(python.encode())
+    for path in sources:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    tree = HERE / "results" / f"compiled-{digest.hexdigest()[:12]}"
+    if (tree / "built").exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
+    shutil.copytree(
+        ROOT / "asgiserve", tree / "asgiserve", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    print(f"building the compiled asgiserve in {tree.relative_to(ROOT)} (mypyc, ~1 min)...")
+    env = dict(os.environ, ASGISERVE_COMPILE="1")
+    proc = subprocess.run(
+        [python, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError("compiled build failed: " + " | ".join(tail))
+    (tree / "built").write_text("ok\n")
+    return tree
+
+
+def server_env(spec: ServerSpec, python: str) -> tuple[dict[str, str], Path]:
+    """Environment and working directory for a server (or its check) process."""
+    env = dict(os.environ)
+    paths = [str(ROOT), env.get("PYTHONPATH")]
+    cwd = ROOT
+    if spec.source_tree is not None:
+        # Its own tree first, and as the working directory: `python -m` puts that first.
+        cwd = spec.source_tree(python)
+        paths.insert(0, str(cwd))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+    return env, cwd
 
 
 def _asgiserve(http: str) -> Callable[[str, str, int], list[str]]:
@@ -180,6 +236,11 @@ def _imports(*modules: str) -> Callable[[str], list[str]]:
     return lambda py: [py, "-c", "import " + ", ".join(modules)]
 
 
+_REQUIRE_COMPILED = (
+    "import asgiserve._compiled as c, sys; d = c.build_description(); print(d); "
+    "sys.exit(not d.startswith('compiled'))"
+)
+
 # uvicorn 0.54 offers websockets (legacy asyncio protocol), websockets-sansio and wsproto;
 # websockets-sansio measured fastest here (see README), so it is used for both uvicorn rows.
 UVICORN_WS = "websockets-sansio"
@@ -192,6 +253,14 @@ SERVERS: dict[str, ServerSpec] = {
             _asgiserve("httptools"),
             lambda py: [py, "-m", "asgiserve", "--version"],
             note="the product, uvloop + httptools",
+        ),
+        ServerSpec(
+            "asgiserve-compiled",
+            _asgiserve("httptools"),
+            lambda py: [py, "-c", _REQUIRE_COMPILED],
+            note="the product, uvloop + httptools, hot modules compiled with mypyc "
+            "(ASGISERVE_COMPILE=1)",
+            source_tree=compiled_tree,
         ),
         ServerSpec(
             "asgiserve-h11",
@@ -515,6 +584,7 @@ class Server:
         self.spec = spec
         self.test = test
         self.port = free_port()
+        self.python = args.python
         self.argv = spec.command(args.python, f"benchmarks.apps:{test.app}", self.port)
         self.cpu = args.server_cpu
         self.log_path = logdir / f"{test.name}-{spec.name}.log"
@@ -523,13 +593,12 @@ class Server:
         self.error: str | None = None
 
     def start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env, cwd = server_env(self.spec, self.python)
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "wb") as log:
             self.proc = spawn(
                 ["taskset", "-c", str(self.cpu), *self.argv],
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -924,14 +993,13 @@ def run_idle_test(
 
 def check_available(spec: ServerSpec, python: str) -> str | None:
     """None when the server can run here, else the reason to skip it."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     try:
+        env, cwd = server_env(spec, python)
         proc = subprocess.run(
-            spec.check(python), cwd=ROOT, env=env, capture_output=True, timeout=30, check=False
+            spec.check(python), cwd=cwd, env=env, capture_output=True, timeout=30, check=False
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return repr(exc)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        return str(exc)
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
         return (
