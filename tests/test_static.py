@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from asgiserve.apps import static as static_module
 from asgiserve.apps.mounts import Mounts
 from asgiserve.apps.static import (
     StaticFiles,
@@ -981,6 +982,126 @@ def test_permission_error_is_403_and_other_errors_404(serve: Any, site: Path) ->
     assert get(server.url + "/data.bin").status_code == 403
     assert get(server.url + "/" + "x" * 5000).status_code == 404  # ENAMETOOLONG
     assert get(server.url + "/data.bin/x").status_code == 404  # ENOTDIR
+
+
+# -- the remembered response heads (a GET without conditional, range or coding headers) ------
+
+
+def split_response(response: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split(b" ", 2)[1]), fields, body
+
+
+def plain_get(server: Any, target: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A GET with none of the headers that rule out the shortcut (httpx sends Accept-Encoding)."""
+    return split_response(raw_get(server.port, target.encode()))
+
+
+def test_a_plain_get_is_remembered_and_served_again_the_same(serve: Any, site: Path) -> None:
+    app = StaticFiles(site)
+    server = serve(app)
+    first = plain_get(server, "/data.bin")
+    assert "/data.bin" in app._known
+    second = plain_get(server, "/data.bin")
+    assert first[0] == second[0] == 200
+    assert second[2] == DATA
+    assert first[1].pop(b"date", None) is not None and second[1].pop(b"date", None) is not None
+    assert first[1] == second[1]
+
+
+def test_a_remembered_file_changed_in_place_is_served_fresh(serve: Any, site: Path) -> None:
+    path = site / "data.bin"
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/data.bin")[2] == DATA
+    before = path.stat()
+    changed = bytes(reversed(DATA))
+    path.write_bytes(changed)
+    # Same size and modification time as before: only the change time tells.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert plain_get(server, "/data.bin")[2] == changed
+    path.write_bytes(b"shorter")
+    status, fields, body = plain_get(server, "/data.bin")
+    assert (status, body, fields[b"content-length"]) == (200, b"shorter", b"7")
+
+
+def test_a_remembered_file_deleted_is_404(serve: Any, site: Path) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/app.js")[0] == 200
+    (site / "app.js").unlink()
+    assert plain_get(server, "/app.js")[0] == 404
+
+
+def test_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
+    serve: Any, site: Path
+) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/app.js")[0] == 200
+    (site / "app.js").unlink()
+    (site / "app.js").symlink_to(site.parent / "secret.txt")
+    status, _, body = plain_get(server, "/app.js")
+    assert status == 404 and b"TOP SECRET" not in body
+
+
+def test_a_folder_of_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
+    serve: Any, site: Path, tmp_path: Path
+) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/sub/page.txt")[2] == b"sub page"
+    # Outside the root, a file of the same name, size and times: only its identity differs.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lure = outside / "page.txt"
+    lure.write_bytes(b"OUT page")
+    before = (site / "sub" / "page.txt").stat()
+    os.utime(lure, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (site / "sub").rename(tmp_path / "old-sub")
+    (site / "sub").symlink_to(outside)
+    status, _, body = plain_get(server, "/sub/page.txt")
+    assert status == 404 and b"OUT" not in body
+
+
+def test_routes_through_links_are_not_remembered(serve: Any, site: Path) -> None:
+    (site / "other").mkdir()
+    (site / "other" / "page.txt").write_text("other page")
+    (site / "current").symlink_to(site / "sub")
+    app = StaticFiles(site)
+    server = serve(app)
+    assert plain_get(server, "/current/page.txt")[2] == b"sub page"
+    assert not app._known
+    (site / "current").unlink()
+    (site / "current").symlink_to(site / "other")
+    assert plain_get(server, "/current/page.txt")[2] == b"other page"
+
+
+def test_remembered_files_are_bounded(
+    serve: Any, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(static_module, "REMEMBERED_FILES", 2)
+    app = StaticFiles(site)
+    server = serve(app)
+    for name in ("/data.bin", "/app.js", "/sub/page.txt"):
+        assert plain_get(server, name)[0] == 200
+    assert list(app._known) == ["/app.js", "/sub/page.txt"]
+    assert plain_get(server, "/data.bin")[2] == DATA
+
+
+def test_remembered_headers_are_not_changed_by_middleware(serve: Any, site: Path) -> None:
+    app = StaticFiles(site)
+
+    async def add_header(scope: Any, receive: Any, send: Any) -> None:
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-tag", b"1"))  # in place, as MutableHeaders does
+            await send(message)
+
+        await app(scope, receive, tagged)
+
+    server = serve(add_header)
+    for _ in range(3):
+        response = raw_get(server.port, b"/app.js")
+        assert response.count(b"x-tag: 1") == 1
 
 
 def test_special_files_are_not_served(serve: Any, site: Path) -> None:
