@@ -272,6 +272,25 @@ class TestFileExtensions:
         assert client.read_response().body == DATA[500:1500]
         assert client.read_response().body == DATA
 
+    @pytest.mark.skipif(not hasattr(socket, "MSG_MORE"), reason="MSG_MORE is Linux's")
+    def test_the_head_leaves_with_the_first_bytes_of_the_file(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        # Held back with MSG_MORE, the head is in the segment that carries the file's first
+        # bytes: a client never wakes up to a head alone.
+        (tmp_path / "data.bin").write_bytes(DATA)
+        server = serve(StaticFiles(tmp_path))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            for _ in range(30):
+                client.sendall(b"GET /data.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                first = client.recv(1 << 20)
+                head, _, body = first.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200") and body, first[:300]
+                received = len(body)
+                while received < len(DATA):
+                    received += len(client.recv(1 << 20))
+                assert received == len(DATA)
+
     def test_a_slow_client_is_flow_controlled_without_blocking_others(
         self, serve: Any, tmp_path: Path
     ) -> None:
@@ -1239,3 +1258,27 @@ def test_runs_on_uvicorn_without_the_file_extensions(site: Path) -> None:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# == the benchmark report =======================================================================
+
+
+def test_benchmark_report_rewrite_keeps_the_static_section(tmp_path: Path) -> None:
+    """benchmarks/run.py rewrites RESULTS.md whole; the section static.py wrote survives it."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        harness = importlib.import_module("run")
+    finally:
+        sys.path.pop(0)
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# old results\n\nold table\n")
+    harness.write_section(report, "static.py", "## Static files\n\nfirst\n")
+    harness.write_section(report, "static.py", "## Static files\n\nsecond\n")
+    harness.write_report(report, "# new results\n\nnew table\n")
+    text = report.read_text()
+    assert text.startswith("# new results\n\nnew table\n") and "old table" not in text
+    assert text.count("<!-- static.py: begin -->") == 1 and "first" not in text
+    assert "<!-- static.py: begin -->\n## Static files\n\nsecond\n<!-- static.py: end -->\n" in text

@@ -213,7 +213,31 @@ class StaticFiles:
                     request[key] = value if seen is None else seen + b", " + value
             if not request and scope["method"] == "GET":
                 known = self._known.get(route)
-                if known is not None and await self._send_known(scope, send, route, known):
+                fd = -1 if known is None else self._open_known(route, known)
+                if fd >= 0:
+                    assert known is not None
+                    path, identity, headers = known
+                    try:
+                        # A copy: whoever handles the message may change its list
+                        # (Starlette's MutableHeaders does, in middleware).
+                        await send(
+                            {"type": "http.response.start", "status": 200, "headers": [*headers]}
+                        )
+                        if "http.response.zerocopysend" in (scope.get("extensions") or ()):
+                            message: Message = {
+                                "type": "http.response.zerocopysend",
+                                "file": fd,
+                                "offset": 0,
+                                "count": identity[2],
+                                "more_body": False,
+                            }
+                            await send(message)
+                        else:
+                            await self._body(
+                                scope, send, path, fd, 0, identity[2], more_body=False, whole=True
+                            )
+                    finally:
+                        os.close(fd)
                     return
             await self._http(scope, send, route, request)
         elif kind == "websocket":
@@ -228,47 +252,35 @@ class StaticFiles:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _send_known(self, scope: Scope, send: Send, route: str, known: _Known) -> bool:
-        """Serve a remembered file if it is still the same file; False (and forget it) if not.
+    def _open_known(self, route: str, known: _Known) -> int:
+        """The remembered file opened, if it is still the same file; -1 (and it is forgotten)
+        if not.
 
-        Blocking calls on the event loop: one open and one fstat of a local file, as the full
-        lookup does (its lstat, open, fstat); the bytes are sent by the server (sendfile) or
-        read in a worker thread, never here.
+        Blocking calls on the event loop: one open and one fstat of a local file (the full
+        lookup makes three such calls); the bytes are sent by the server (sendfile) or read in
+        a worker thread, never here.
         """
-        path, identity, headers = known
         try:
-            fd = os.open(path, self._open_flags)
+            fd = os.open(known[0], self._open_flags)
         except OSError:
             del self._known[route]
-            return False
+            return -1
         try:
             info = os.fstat(fd)
-            if (
-                info.st_ino,
-                info.st_dev,
-                info.st_size,
-                info.st_mtime_ns,
-                info.st_ctime_ns,
-            ) != identity or not stat.S_ISREG(info.st_mode):
-                del self._known[route]
-                return False
-            # A copy: whoever handles the message may change its list (Starlette's
-            # MutableHeaders does, in middleware).
-            await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
-            if "http.response.zerocopysend" in (scope.get("extensions") or ()):
-                message: Message = {
-                    "type": "http.response.zerocopysend",
-                    "file": fd,
-                    "offset": 0,
-                    "count": identity[2],
-                    "more_body": False,
-                }
-                await send(message)
-            else:
-                await self._body(scope, send, path, fd, 0, identity[2], more_body=False, whole=True)
-            return True
-        finally:
+        except OSError:
+            info = None
+        # The same inode is the same kind of file: a regular one, as when it was remembered.
+        if info is None or known[1] != (
+            info.st_ino,
+            info.st_dev,
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+        ):
             os.close(fd)
+            del self._known[route]
+            return -1
+        return fd
 
     def _remember(self, route: str, path: str, info: os.stat_result, headers: _Headers) -> None:
         known = self._known

@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -117,6 +117,17 @@ class ResponseSink(Protocol):
 
     def abort(self) -> None:
         """Drop the connection (or stream): the response cannot be completed."""
+
+
+class HeadWithFileSink(ResponseSink, Protocol):
+    """A sink that can send a response head and a file body part in one go (optional: the
+    cycle looks for the method when a file is the first body part)."""
+
+    async def send_head_with_file(
+        self, cycle: HTTPCycle, fd: int, offset: int, count: int, more_body: bool
+    ) -> None:
+        """:meth:`send_head` (with more body to come) then :meth:`send_file`, the head held
+        back so that it leaves in the same segment as the file's first bytes."""
 
 
 # Request body bytes buffered before the sink is asked to stop reading.
@@ -493,12 +504,20 @@ class HTTPCycle:
             self._count_length(count, more_body)
             sink = self.sink
             sending = count > 0 and self.body_allowed
+            with_head: Callable[..., Awaitable[None]] | None = None
             if phase is Phase.HEAD:
-                sink.send_head(self, b"", wire_more or sending)
+                if sending:
+                    # An optional sink method (see HeadWithFileSink): the head can leave
+                    # together with the file's first bytes.
+                    with_head = getattr(sink, "send_head_with_file", None)
+                if with_head is None:
+                    sink.send_head(self, b"", wire_more or sending)
                 self.phase = Phase.BODY
             elif not sending and not wire_more:
                 sink.send_body(b"", False)
-            if sending:
+            if with_head is not None:
+                await with_head(self, fd, offset, count, wire_more)
+            elif sending:
                 await sink.send_file(fd, offset, count, wire_more)
             if reposition:
                 os.lseek(fd, offset + count, os.SEEK_SET)
