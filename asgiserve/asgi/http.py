@@ -123,11 +123,13 @@ class HeadWithFileSink(ResponseSink, Protocol):
     """A sink that can send a response head and a file body part in one go (optional: the
     cycle looks for the method when a file is the first body part)."""
 
-    async def send_head_with_file(
+    def send_head_with_file(
         self, cycle: HTTPCycle, fd: int, offset: int, count: int, more_body: bool
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """:meth:`send_head` (with more body to come) then :meth:`send_file`, the head held
-        back so that it leaves in the same segment as the file's first bytes."""
+        back so that it leaves in the same segment as the file's first bytes. Returns None
+        when all was handed to the OS (or the client is gone) at once, else an awaitable that
+        finishes the job."""
 
 
 # Request body bytes buffered before the sink is asked to stop reading.
@@ -504,7 +506,7 @@ class HTTPCycle:
             self._count_length(count, more_body)
             sink = self.sink
             sending = count > 0 and self.body_allowed
-            with_head: Callable[..., Awaitable[None]] | None = None
+            with_head: Callable[..., Awaitable[None] | None] | None = None
             if phase is Phase.HEAD:
                 if sending:
                     # An optional sink method (see HeadWithFileSink): the head can leave
@@ -516,7 +518,9 @@ class HTTPCycle:
             elif not sending and not wire_more:
                 sink.send_body(b"", False)
             if with_head is not None:
-                await with_head(self, fd, offset, count, wire_more)
+                rest = with_head(self, fd, offset, count, wire_more)
+                if rest is not None:
+                    await rest
             elif sending:
                 await sink.send_file(fd, offset, count, wire_more)
             if reposition:

@@ -140,22 +140,59 @@ class SocketFileSender:
         self.lost = True
         self._wake()
 
-    async def send(self, fd: int, offset: int, count: int, prefix: bytes = b"") -> bool:
-        """Send ``prefix`` (a response head, a chunk header) then ``count`` bytes of ``fd``
-        from ``offset``. True when all were handed to the kernel, False when the connection
-        went away first; raises :class:`FileEndedEarly` if the file is too short."""
+    def send_now(self, fd: int, offset: int, count: int, prefix: bytes = b"") -> int:
+        """Start a file body part without waiting: ``prefix`` (a response head, a chunk
+        header), then as much of ``count`` bytes of ``fd`` from ``offset`` as the socket takes
+        at once (for a small file, all of it). Returns the bytes of the file sent (finish with
+        :meth:`send`), or -1 when the connection is gone.
+
+        Over TCP on Linux the prefix goes with MSG_MORE: the kernel holds it back and sends it
+        in the segment that carries the file's first bytes (a segment, a receive and a wake-up
+        of the client fewer than a write of its own).
+        """
         transport = self.transport
+        if self.lost or transport.is_closing():
+            return -1
         if prefix:
-            if self.lost or transport.is_closing():
-                return False
             sent = 0
-            if self.family >= 0 and count > 0 and not transport.get_write_buffer_size():
-                sent = self._send_more(prefix)
-                if sent < 0:
-                    return False
+            if self.family >= 0 and not transport.get_write_buffer_size():
+                # A socket object over the transport's descriptor, for send() with flags,
+                # detached (so never closing it) in this synchronous step, in which
+                # is_closing() said the descriptor is still the transport's. The C type:
+                # socket.socket's Python layer costs three times as much and is not needed.
+                sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, self.sock_fd)
+                try:
+                    sent = sock.send(prefix, _MSG_MORE)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as exc:
+                    if exc.errno in _CLIENT_GONE:
+                        return -1
+                    raise
+                finally:
+                    sock.detach()
             if sent < len(prefix):
-                # Behind what the transport holds (or for the socket buffer to take).
+                # Behind what the transport holds, or what the socket did not take.
                 transport.write(prefix[sent:] if sent else prefix)
+        if transport.get_write_buffer_size():
+            return 0  # what the transport holds goes first: send() waits for it
+        try:
+            sent = os.sendfile(self.sock_fd, fd, offset, min(count, SENDFILE_CHUNK))
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            if exc.errno in _CLIENT_GONE:
+                return -1
+            raise  # EINVAL, EIO, ...: the file's fault, not the client's
+        if sent == 0 and count > 0:
+            raise FileEndedEarly(count)
+        return sent
+
+    async def send(self, fd: int, offset: int, count: int) -> bool:
+        """Send ``count`` bytes of ``fd`` from ``offset``, waiting for the socket as needed.
+        True when all were handed to the kernel, False when the connection went away first;
+        raises :class:`FileEndedEarly` if the file is too short."""
+        transport = self.transport
         try:
             # The head went through the transport: it must be on the wire before the file.
             while transport.get_write_buffer_size():
@@ -186,25 +223,6 @@ class SocketFileSender:
             if self.dup >= 0:
                 os.close(self.dup)
                 self.dup = -1
-
-    def _send_more(self, prefix: bytes) -> int:
-        """Send what the socket takes of ``prefix`` with MSG_MORE: the kernel holds it back
-        for the file's first bytes. -1 when the client is gone."""
-        # A socket object over the transport's descriptor, for send() with flags, detached
-        # (so never closing it) in the same synchronous step in which is_closing() said the
-        # descriptor is still the transport's. The C type: socket.socket's Python layer
-        # (makefile bookkeeping) costs three times as much and is not needed here.
-        sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, self.sock_fd)
-        try:
-            return sock.send(prefix, _MSG_MORE)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as exc:
-            if exc.errno in _CLIENT_GONE:
-                return -1
-            raise
-        finally:
-            sock.detach()
 
     async def _writable(self) -> bool:
         if self.lost:
