@@ -614,7 +614,7 @@ class HTTP11Connection(asyncio.Protocol):
     async def _send_rest(
         self, sender: SocketFileSender, fd: int, offset: int, count: int, more_body: bool
     ) -> None:
-        if not await sender.send(fd, offset, count):
+        if not await sender.send(fd, offset, count, resume=True):
             self._file_lost()
         elif self.response_chunked:
             self._write(b"\r\n" if more_body else b"\r\n" + LAST_CHUNK)

@@ -188,12 +188,15 @@ class SocketFileSender:
             raise FileEndedEarly(count)
         return sent
 
-    async def send(self, fd: int, offset: int, count: int) -> bool:
-        """Send ``count`` bytes of ``fd`` from ``offset``, waiting for the socket as needed.
+    async def send(self, fd: int, offset: int, count: int, *, resume: bool = False) -> bool:
+        """Send ``count`` bytes of ``fd`` from ``offset``, waiting for the socket as needed
+        (first of all with ``resume``: after :meth:`send_now`, which did what it could).
         True when all were handed to the kernel, False when the connection went away first;
         raises :class:`FileEndedEarly` if the file is too short."""
         transport = self.transport
         try:
+            if resume and not await self._writable():
+                return False
             # The head went through the transport: it must be on the wire before the file.
             while transport.get_write_buffer_size():
                 if not await self._writable():
