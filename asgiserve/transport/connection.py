@@ -564,7 +564,7 @@ class HTTP11Connection(asyncio.Protocol):
     def send_head_with_file(
         self, cycle: HTTPCycle | None, fd: int, offset: int, count: int, more_body: bool
     ) -> Awaitable[None] | None:
-        # HeadWithFileSink (and send_file, without a cycle). Synchronous as far as it can go:
+        # The optional ResponseSink method (and send_file, without a cycle). Synchronous as far as it can go:
         # a small file is handed to the kernel at once, and only a file that must wait for
         # the socket costs a coroutine.
         transport = self.transport
