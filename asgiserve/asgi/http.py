@@ -87,9 +87,8 @@ class ResponseSink(Protocol):
     the cycle looks for when a file is the first body part: :meth:`send_head` (more body to
     come) and :meth:`send_file` in one, the head held back to leave in the segment that
     carries the file's first bytes. It returns None when everything was handed to the OS (or
-    the client is gone) at once, else an awaitable that finishes the job. (Not declared here:
-    a sink without it is still a ResponseSink, and a runtime Protocol subclass made the
-    hello-world path measurably slower under callgrind.)
+    the client is gone) at once, else an awaitable that finishes the job. (Optional, so not
+    declared here: HTTP/2 streams have none.)
     """
 
     @property
