@@ -1510,6 +1510,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Sections of a report that other scripts write (benchmarks/static.py), each between a
+# "<!-- NAME: begin -->" and a "<!-- NAME: end -->" line: whoever rewrites the report keeps them.
+_SECTION = re.compile(
+    r"<!-- (?P<name>[\w.-]+): begin -->\n.*?<!-- (?P=name): end -->\n?", re.DOTALL
+)
+
+
+def section_block(name: str, section: str) -> str:
+    """``section`` (markdown ending in a newline) between the markers of ``name``."""
+    return f"<!-- {name}: begin -->\n{section}<!-- {name}: end -->\n"
+
+
+def write_report(report: Path, text: str) -> None:
+    """Write ``text`` as the report, followed by the marked sections the old one had."""
+    old = report.read_text() if report.exists() else ""
+    kept = [m.group(0).rstrip("\n") + "\n" for m in _SECTION.finditer(old)]
+    report.write_text(text.rstrip("\n") + "\n" + "".join("\n" + block for block in kept))
+
+
+def write_section(report: Path, name: str, section: str) -> None:
+    """Replace (or append) the section ``name`` of the report; the rest stays as it is."""
+    block = section_block(name, section)
+    text = report.read_text() if report.exists() else "# asgiserve benchmark results\n"
+    for match in _SECTION.finditer(text):
+        if match.group("name") == name:
+            text = text[: match.start()] + block + text[match.end() :]
+            break
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    report.write_text(text)
+
+
 def write_outputs(data: dict[str, Any], report: Path) -> None:
     chart = (
         report.with_name("results.png")
@@ -1522,7 +1554,7 @@ def write_outputs(data: dict[str, Any], report: Path) -> None:
         chart_path = None
     else:
         chart_path = chart
-    report.write_text(render_report(data, chart_path))
+    write_report(report, render_report(data, chart_path))
     print(f"\nreport: {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}")
     if chart_path:
         print(

@@ -24,7 +24,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -46,7 +45,8 @@ import run as harness  # noqa: E402
 
 HOST = harness.HOST
 SECTION = "## Static files (`benchmarks/static.py`)"
-BEGIN, END = "<!-- static.py: begin -->", "<!-- static.py: end -->"
+#: The name of our section of the report (see run.py's write_section).
+SECTION_NAME = "static.py"
 
 
 @dataclass(frozen=True)
@@ -408,18 +408,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(report: Path, section: str) -> None:
-    """Replace (or append) our section of the report; every other section stays as it is."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    text = report.read_text() if report.exists() else "# asgiserve benchmark results\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    report.write_text(text)
-
-
 def make_files(folder: Path) -> None:
     for test in TESTS.values():
         path = folder / test.file
@@ -587,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.kill_all()
     section = render(data)
     print("\n" + section)
-    write_section(report, section)
+    harness.write_section(report, SECTION_NAME, section)
     print(f"report: {report}")
     return 0
 

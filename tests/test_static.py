@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from asgiserve.apps import static as static_module
 from asgiserve.apps.mounts import Mounts
 from asgiserve.apps.static import (
     StaticFiles,
@@ -270,6 +271,25 @@ class TestFileExtensions:
         assert client.read_response().body == DATA[500:1500]
         assert client.read_response().body == DATA[500:1500]
         assert client.read_response().body == DATA
+
+    @pytest.mark.skipif(not hasattr(socket, "MSG_MORE"), reason="MSG_MORE is Linux's")
+    def test_the_head_leaves_with_the_first_bytes_of_the_file(
+        self, serve: Any, tmp_path: Path
+    ) -> None:
+        # Held back with MSG_MORE, the head is in the segment that carries the file's first
+        # bytes: a client never wakes up to a head alone.
+        (tmp_path / "data.bin").write_bytes(DATA)
+        server = serve(StaticFiles(tmp_path))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            for _ in range(30):
+                client.sendall(b"GET /data.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                first = client.recv(1 << 20)
+                head, _, body = first.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200") and body, first[:300]
+                received = len(body)
+                while received < len(DATA):
+                    received += len(client.recv(1 << 20))
+                assert received == len(DATA)
 
     def test_a_slow_client_is_flow_controlled_without_blocking_others(
         self, serve: Any, tmp_path: Path
@@ -983,6 +1003,126 @@ def test_permission_error_is_403_and_other_errors_404(serve: Any, site: Path) ->
     assert get(server.url + "/data.bin/x").status_code == 404  # ENOTDIR
 
 
+# -- the remembered response heads (a GET without conditional, range or coding headers) ------
+
+
+def split_response(response: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split(b" ", 2)[1]), fields, body
+
+
+def plain_get(server: Any, target: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A GET with none of the headers that rule out the shortcut (httpx sends Accept-Encoding)."""
+    return split_response(raw_get(server.port, target.encode()))
+
+
+def test_a_plain_get_is_remembered_and_served_again_the_same(serve: Any, site: Path) -> None:
+    app = StaticFiles(site)
+    server = serve(app)
+    first = plain_get(server, "/data.bin")
+    assert "/data.bin" in app._known
+    second = plain_get(server, "/data.bin")
+    assert first[0] == second[0] == 200
+    assert second[2] == DATA
+    assert first[1].pop(b"date", None) is not None and second[1].pop(b"date", None) is not None
+    assert first[1] == second[1]
+
+
+def test_a_remembered_file_changed_in_place_is_served_fresh(serve: Any, site: Path) -> None:
+    path = site / "data.bin"
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/data.bin")[2] == DATA
+    before = path.stat()
+    changed = bytes(reversed(DATA))
+    path.write_bytes(changed)
+    # Same size and modification time as before: only the change time tells.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert plain_get(server, "/data.bin")[2] == changed
+    path.write_bytes(b"shorter")
+    status, fields, body = plain_get(server, "/data.bin")
+    assert (status, body, fields[b"content-length"]) == (200, b"shorter", b"7")
+
+
+def test_a_remembered_file_deleted_is_404(serve: Any, site: Path) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/app.js")[0] == 200
+    (site / "app.js").unlink()
+    assert plain_get(server, "/app.js")[0] == 404
+
+
+def test_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
+    serve: Any, site: Path
+) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/app.js")[0] == 200
+    (site / "app.js").unlink()
+    (site / "app.js").symlink_to(site.parent / "secret.txt")
+    status, _, body = plain_get(server, "/app.js")
+    assert status == 404 and b"TOP SECRET" not in body
+
+
+def test_a_folder_of_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
+    serve: Any, site: Path, tmp_path: Path
+) -> None:
+    server = serve(StaticFiles(site))
+    assert plain_get(server, "/sub/page.txt")[2] == b"sub page"
+    # Outside the root, a file of the same name, size and times: only its identity differs.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lure = outside / "page.txt"
+    lure.write_bytes(b"OUT page")
+    before = (site / "sub" / "page.txt").stat()
+    os.utime(lure, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (site / "sub").rename(tmp_path / "old-sub")
+    (site / "sub").symlink_to(outside)
+    status, _, body = plain_get(server, "/sub/page.txt")
+    assert status == 404 and b"OUT" not in body
+
+
+def test_routes_through_links_are_not_remembered(serve: Any, site: Path) -> None:
+    (site / "other").mkdir()
+    (site / "other" / "page.txt").write_text("other page")
+    (site / "current").symlink_to(site / "sub")
+    app = StaticFiles(site)
+    server = serve(app)
+    assert plain_get(server, "/current/page.txt")[2] == b"sub page"
+    assert not app._known
+    (site / "current").unlink()
+    (site / "current").symlink_to(site / "other")
+    assert plain_get(server, "/current/page.txt")[2] == b"other page"
+
+
+def test_remembered_files_are_bounded(
+    serve: Any, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(static_module, "REMEMBERED_FILES", 2)
+    app = StaticFiles(site)
+    server = serve(app)
+    for name in ("/data.bin", "/app.js", "/sub/page.txt"):
+        assert plain_get(server, name)[0] == 200
+    assert list(app._known) == ["/app.js", "/sub/page.txt"]
+    assert plain_get(server, "/data.bin")[2] == DATA
+
+
+def test_remembered_headers_are_not_changed_by_middleware(serve: Any, site: Path) -> None:
+    app = StaticFiles(site)
+
+    async def add_header(scope: Any, receive: Any, send: Any) -> None:
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-tag", b"1"))  # in place, as MutableHeaders does
+            await send(message)
+
+        await app(scope, receive, tagged)
+
+    server = serve(add_header)
+    for _ in range(3):
+        response = raw_get(server.port, b"/app.js")
+        assert response.count(b"x-tag: 1") == 1
+
+
 def test_special_files_are_not_served(serve: Any, site: Path) -> None:
     os.mkfifo(site / "fifo")
     assert get(serve(StaticFiles(site)).url + "/fifo").status_code == 404
@@ -1118,3 +1258,27 @@ def test_runs_on_uvicorn_without_the_file_extensions(site: Path) -> None:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# == the benchmark report =======================================================================
+
+
+def test_benchmark_report_rewrite_keeps_the_static_section(tmp_path: Path) -> None:
+    """benchmarks/run.py rewrites RESULTS.md whole; the section static.py wrote survives it."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        harness = importlib.import_module("run")
+    finally:
+        sys.path.pop(0)
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# old results\n\nold table\n")
+    harness.write_section(report, "static.py", "## Static files\n\nfirst\n")
+    harness.write_section(report, "static.py", "## Static files\n\nsecond\n")
+    harness.write_report(report, "# new results\n\nnew table\n")
+    text = report.read_text()
+    assert text.startswith("# new results\n\nnew table\n") and "old table" not in text
+    assert text.count("<!-- static.py: begin -->") == 1 and "first" not in text
+    assert "<!-- static.py: begin -->\n## Static files\n\nsecond\n<!-- static.py: end -->\n" in text

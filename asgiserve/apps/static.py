@@ -30,6 +30,17 @@ A request goes through four steps:
    in memory.
 
 File-system errors become 403 (permission) or 404 (anything else), never a traceback.
+
+The common case, a GET with none of the conditional, range or coding headers, has a shortcut:
+the response head of a file served that way is remembered, keyed by route, with the file's
+identity (device, inode, size, modification and change times). The next such request opens the
+remembered path and compares the identity with ``fstat`` of what it opened; only an exact match
+reuses the head, anything else forgets it and takes the four steps. Routes whose lookup met a
+symbolic link are never remembered (the link may be changed to point elsewhere); for the rest
+the open itself refuses a symbolic link in the last place (``O_NOFOLLOW``), and a link put in an
+earlier place leads to another file, so the identity differs. The one thing the identity check
+admits is that very file, unchanged (any write moves its times; renaming or linking it moves its
+change time, which no caller can set), so nothing is served that the full lookup did not serve.
 """
 
 from __future__ import annotations
@@ -58,6 +69,9 @@ CHUNK_SIZE = 256 * 1024
 MAX_RANGES = 64
 
 _ALLOW = b"GET, HEAD"
+#: Files whose response head is remembered (see the module docstring); the oldest is forgotten
+#: first.
+REMEMBERED_FILES = 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # Segments that start with a dot are hidden, except RFC 8615's well-known URIs, which exist to
 # be served.
@@ -120,7 +134,12 @@ class _Refused(Exception):
 
 #: The representation chosen for a request, opened for GET (fd -1 for HEAD): path, fd,
 #: stat, content coding, the request headers that matter, the response headers so far.
-_Plan = tuple[str, int, os.stat_result, "str | None", dict[bytes, bytes], list[tuple[bytes, bytes]]]
+_Headers = list[tuple[bytes, bytes]]
+_Plan = tuple[str, int, os.stat_result, "str | None", dict[bytes, bytes], _Headers]
+#: What identifies a file's content, from its stat: device, inode, size, mtime, ctime (ns).
+_Identity = tuple[int, int, int, int, int]
+#: A remembered file (see the module docstring): its path, identity and 200 response headers.
+_Known = tuple[str, _Identity, tuple[tuple[bytes, bytes], ...]]
 
 
 def _status_for(exc: OSError) -> int:
@@ -172,13 +191,55 @@ class StaticFiles:
         self._open_flags = _OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
         self._types: dict[str, bytes] = {}
         self._dates: dict[int, bytes] = {}
+        self._known: dict[str, _Known] = {}
 
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, send)
+            # Inlined (this is the path every file request takes): route_path(scope), the
+            # request headers that matter, and the shortcut for a remembered file.
+            route: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            if root_path and route.startswith(root_path):
+                rest = route[len(root_path) :]
+                if not rest or rest[0] == "/":
+                    route = rest
+            request: dict[bytes, bytes] = {}
+            for key, value in scope["headers"]:
+                if key in _WANTED_HEADERS:
+                    seen = request.get(key)
+                    request[key] = value if seen is None else seen + b", " + value
+            if not request and scope["method"] == "GET":
+                known = self._known.get(route)
+                fd = -1 if known is None else self._open_known(route, known)
+                if fd >= 0:
+                    assert known is not None
+                    path, identity, headers = known
+                    try:
+                        # A copy: whoever handles the message may change its list
+                        # (Starlette's MutableHeaders does, in middleware).
+                        await send(
+                            {"type": "http.response.start", "status": 200, "headers": [*headers]}
+                        )
+                        if "http.response.zerocopysend" in (scope.get("extensions") or ()):
+                            message: Message = {
+                                "type": "http.response.zerocopysend",
+                                "file": fd,
+                                "offset": 0,
+                                "count": identity[2],
+                                "more_body": False,
+                            }
+                            await send(message)
+                        else:
+                            await self._body(
+                                scope, send, path, fd, 0, identity[2], more_body=False, whole=True
+                            )
+                    finally:
+                        os.close(fd)
+                    return
+            await self._http(scope, send, route, request)
         elif kind == "websocket":
             # Closing before accepting is a 403 to the client (ASGI WebSocket spec).
             await send({"type": "websocket.close", "code": 1008})
@@ -191,34 +252,69 @@ class StaticFiles:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    def _open_known(self, route: str, known: _Known) -> int:
+        """The remembered file opened, if it is still the same file; -1 (and it is forgotten)
+        if not.
+
+        Blocking calls on the event loop: one open and one fstat of a local file (the full
+        lookup makes three such calls); the bytes are sent by the server (sendfile) or read in
+        a worker thread, never here.
+        """
+        try:
+            fd = os.open(known[0], self._open_flags)
+        except OSError:
+            del self._known[route]
+            return -1
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            info = None
+        # The same inode is the same kind of file: a regular one, as when it was remembered.
+        if info is None or known[1] != (
+            info.st_ino,
+            info.st_dev,
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+        ):
+            os.close(fd)
+            del self._known[route]
+            return -1
+        return fd
+
+    def _remember(self, route: str, path: str, info: os.stat_result, headers: _Headers) -> None:
+        known = self._known
+        if len(known) >= REMEMBERED_FILES:
+            del known[next(iter(known))]
+        identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        known[route] = (path, identity, tuple(headers))
+
+    async def _http(
+        self, scope: Scope, send: Send, route: str, request: dict[bytes, bytes]
+    ) -> None:
         method = scope["method"]
         if method not in ("GET", "HEAD"):
             # RFC 9110 section 15.5.6: 405 lists the methods the resource supports.
             await _simple(send, 405, b"Method Not Allowed", [(b"allow", _ALLOW)], method)
             return
-        # route_path(scope), inlined.
-        route: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if root_path and route.startswith(root_path):
-            rest = route[len(root_path) :]
-            if not rest or rest[0] == "/":
-                route = rest
         # Only this synchronous part (path checks, lookups, open) can fail into an error
         # response: once a response has started, a failure is the server's to handle.
         plan: _Plan | None = None
+        remember: str | None = None
         try:
             parts = self._segments(route)
-            parent, path, info = self._lookup(parts)
+            parent, path, info, plain = self._lookup(parts)
             if stat.S_ISDIR(info.st_mode):
                 if route.endswith("/"):  # else: redirected below
                     index = self._child(path, self.index) if self.html else None
                     if index is not None and stat.S_ISREG(index[1].st_mode):
-                        plan = self._plan(scope, path, index[0], self.index, index[1])
+                        plan = self._plan(scope, request, path, index[0], self.index, index[1])
                     elif not self.listing:
                         raise _Refused(404)
             elif stat.S_ISREG(info.st_mode) and not route.endswith("/"):
-                plan = self._plan(scope, parent, path, parts[-1], info)
+                plan = self._plan(scope, request, parent, path, parts[-1], info)
+                if plain and not request:
+                    remember = route
             else:
                 raise _Refused(404)
         except _Refused as exc:
@@ -229,7 +325,7 @@ class StaticFiles:
             return
         if plan is not None:
             try:
-                await self._respond(scope, send, *plan)
+                await self._respond(scope, send, *plan, remember=remember)
             finally:
                 if plan[1] >= 0:
                     os.close(plan[1])
@@ -254,17 +350,19 @@ class StaticFiles:
             parts.append(part)
         return parts
 
-    def _lookup(self, parts: list[str]) -> tuple[str, str, os.stat_result]:
-        """(resolved parent folder, resolved path, stat) of the segments under the root."""
+    def _lookup(self, parts: list[str]) -> tuple[str, str, os.stat_result, bool]:
+        """(resolved parent folder, resolved path, stat, whether no symbolic link was met) of
+        the segments under the root (with ``follow_symlinks``, links are not looked at)."""
         root = self.root
         if not parts:
-            return root, root, os.stat(root)
+            return root, root, os.stat(root), True
         if self.follow_symlinks:
             # No segment is empty, "." or ".." and none holds a slash: the join stays below.
             path = os.path.join(root, *parts)
-            return os.path.dirname(path), path, os.stat(path)
+            return os.path.dirname(path), path, os.stat(path), True
         parent = path = root
         last = len(parts) - 1
+        plain = True
         for i, part in enumerate(parts):
             parent = path
             path = (parent if parent != "/" else "") + "/" + part
@@ -272,9 +370,10 @@ class StaticFiles:
             if stat.S_ISLNK(info.st_mode):
                 path = self._inside(path)
                 info = os.stat(path)
+                plain = False
             if i < last and not stat.S_ISDIR(info.st_mode):
                 raise _Refused(404)
-        return parent, path, info
+        return parent, path, info, plain
 
     def _inside(self, link: str) -> str:
         """The target of a symbolic link, if it stays under the root."""
@@ -311,13 +410,16 @@ class StaticFiles:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _plan(self, scope: Scope, folder: str, path: str, name: str, info: os.stat_result) -> _Plan:
+    def _plan(
+        self,
+        scope: Scope,
+        request: dict[bytes, bytes],
+        folder: str,
+        path: str,
+        name: str,
+        info: os.stat_result,
+    ) -> _Plan:
         """Pick the representation and open it (synchronous: errors become 403/404)."""
-        request: dict[bytes, bytes] = {}
-        for key, value in scope["headers"]:
-            if key in _WANTED_HEADERS:
-                seen = request.get(key)
-                request[key] = value if seen is None else seen + b", " + value
         headers: list[tuple[bytes, bytes]] = [(b"content-type", self._content_type(name))]
         coding = None
         accept_encoding = request.get(b"accept-encoding")
@@ -364,6 +466,8 @@ class StaticFiles:
         coding: str | None,
         request: dict[bytes, bytes],
         headers: list[tuple[bytes, bytes]],
+        *,
+        remember: str | None = None,
     ) -> None:
         size = info.st_size
         modified = int(info.st_mtime)
@@ -401,6 +505,8 @@ class StaticFiles:
             ranges = parse_ranges(range_header, size)
         if ranges is None:
             headers.append((b"content-length", b"%d" % size))
+            if remember is not None and fd >= 0 and coding is None:
+                self._remember(remember, path, info, headers)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if fd >= 0 and "http.response.zerocopysend" in (scope.get("extensions") or ()):
                 # _body(), inlined for the common case.

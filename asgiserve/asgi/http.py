@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiserve.asgi.errors import ClientDisconnected
@@ -79,7 +79,15 @@ class Phase(enum.IntEnum):
 
 
 class ResponseSink(Protocol):
-    """What the cycle needs from a wire protocol; a connection (or a stream) implements it."""
+    """What the cycle needs from a wire protocol; a connection (or a stream) implements it.
+
+    A sink may also have ``send_head_with_file(cycle, fd, offset, count, more_body)``, which
+    the cycle looks for when a file is the first body part: :meth:`send_head` (more body to
+    come) and :meth:`send_file` in one, the head held back to leave in the segment that
+    carries the file's first bytes. It returns None when everything was handed to the OS (or
+    the client is gone) at once, else an awaitable that finishes the job. (Optional, so not
+    declared here: HTTP/2 streams have none.)
+    """
 
     @property
     def writing_paused(self) -> bool:
@@ -491,12 +499,22 @@ class HTTPCycle:
             self._count_length(count, more_body)
             sink = self.sink
             sending = count > 0 and self.body_allowed
+            with_head: Callable[..., Awaitable[None] | None] | None = None
             if phase is Phase.HEAD:
-                sink.send_head(self, b"", wire_more or sending)
+                if sending:
+                    # An optional sink method (see ResponseSink): the head can leave
+                    # together with the file's first bytes.
+                    with_head = getattr(sink, "send_head_with_file", None)
+                if with_head is None:
+                    sink.send_head(self, b"", wire_more or sending)
                 self.phase = Phase.BODY
             elif not sending and not wire_more:
                 sink.send_body(b"", False)
-            if sending:
+            if with_head is not None:
+                rest = with_head(self, fd, offset, count, wire_more)
+                if rest is not None:
+                    await rest
+            elif sending:
                 await sink.send_file(fd, offset, count, wire_more)
             if reposition:
                 os.lseek(fd, offset + count, os.SEEK_SET)

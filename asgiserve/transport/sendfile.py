@@ -32,9 +32,11 @@ misses it blocks in the syscall, which bounds each call to :data:`SENDFILE_CHUNK
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import os
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ READ_CHUNK = 256 * 1024
 
 
 _SENDFILE = hasattr(os, "sendfile")
+# Linux: "more data follows", the kernel holds a partial segment back for the next send.
+_MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+_TCP_FAMILIES = frozenset((socket.AF_INET, getattr(socket, "AF_INET6", socket.AF_INET)))
 _CLIENT_GONE = frozenset(
     (
         errno.EPIPE,
@@ -101,15 +106,21 @@ class SocketFileSender:
     socket or without ``os.sendfile``, and the connection then uses :func:`send_file_buffered`.
     """
 
-    __slots__ = ("dup", "loop", "lost", "sock_fd", "transport", "usable", "waiter")
+    __slots__ = ("dup", "family", "loop", "lost", "sock_fd", "transport", "usable", "waiter")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport, sock_fd: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.WriteTransport,
+        sock_fd: int,
+        family: int = -1,
     ) -> None:
         self.loop = loop
         self.transport = transport
         self.sock_fd = sock_fd
         self.usable = sock_fd >= 0
+        #: The socket's address family when a prefix can be sent with MSG_MORE (TCP), else -1.
+        self.family = family if _MSG_MORE and family in _TCP_FAMILIES else -1
         self.dup = -1
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
@@ -122,18 +133,70 @@ class SocketFileSender:
         if sock is None or transport.get_extra_info("sslcontext") is not None or not _SENDFILE:
             # TLS: the bytes must be encrypted in user space.
             return cls(loop, transport, -1)
-        return cls(loop, transport, sock.fileno())
+        return cls(loop, transport, sock.fileno(), sock.family)
 
     def connection_lost(self) -> None:
         """The connection is gone: stop at the next step."""
         self.lost = True
         self._wake()
 
-    async def send(self, fd: int, offset: int, count: int) -> bool:
-        """True when all ``count`` bytes were handed to the kernel, False when the connection
-        went away first; raises :class:`FileEndedEarly` if the file is too short."""
+    def send_now(self, fd: int, offset: int, count: int, prefix: bytes = b"") -> int:
+        """Start a file body part without waiting: ``prefix`` (a response head, a chunk
+        header), then as much of ``count`` bytes of ``fd`` from ``offset`` as the socket takes
+        at once (for a small file, all of it). Returns the bytes of the file sent (finish with
+        :meth:`send`), or -1 when the connection is gone.
+
+        Over TCP on Linux the prefix goes with MSG_MORE: the kernel holds it back and sends it
+        in the segment that carries the file's first bytes (a segment, a receive and a wake-up
+        of the client fewer than a write of its own).
+        """
+        transport = self.transport
+        if self.lost or transport.is_closing():
+            return -1
+        if prefix:
+            sent = 0
+            if self.family >= 0 and not transport.get_write_buffer_size():
+                # A socket object over the transport's descriptor, for send() with flags,
+                # detached (so never closing it) in this synchronous step, in which
+                # is_closing() said the descriptor is still the transport's. The C type:
+                # socket.socket's Python layer costs three times as much and is not needed.
+                sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, self.sock_fd)
+                try:
+                    sent = sock.send(prefix, _MSG_MORE)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as exc:
+                    if exc.errno in _CLIENT_GONE:
+                        return -1
+                    raise
+                finally:
+                    sock.detach()
+            if sent < len(prefix):
+                # Behind what the transport holds, or what the socket did not take.
+                transport.write(prefix[sent:] if sent else prefix)
+        if transport.get_write_buffer_size():
+            return 0  # what the transport holds goes first: send() waits for it
+        try:
+            sent = os.sendfile(self.sock_fd, fd, offset, min(count, SENDFILE_CHUNK))
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            if exc.errno in _CLIENT_GONE:
+                return -1
+            raise  # EINVAL, EIO, ...: the file's fault, not the client's
+        if sent == 0 and count > 0:
+            raise FileEndedEarly(count)
+        return sent
+
+    async def send(self, fd: int, offset: int, count: int, *, resume: bool = False) -> bool:
+        """Send ``count`` bytes of ``fd`` from ``offset``, waiting for the socket as needed
+        (first of all with ``resume``: after :meth:`send_now`, which did what it could).
+        True when all were handed to the kernel, False when the connection went away first;
+        raises :class:`FileEndedEarly` if the file is too short."""
         transport = self.transport
         try:
+            if resume and not await self._writable():
+                return False
             # The head went through the transport: it must be on the wire before the file.
             while transport.get_write_buffer_size():
                 if not await self._writable():
