@@ -75,6 +75,8 @@ class StaticServer:
     command: Callable[[str, str, int], list[str]]  # (python, folder, port) -> argv
     check: list[str]  # modules that must import
     note: str
+    #: Run from the mypyc-compiled copy of asgiserve (run.py's compiled_tree).
+    compiled: bool = False
 
 
 def _asgiserve(py: str, folder: str, port: int) -> list[str]:
@@ -109,6 +111,14 @@ SERVERS = {
             "`asgiserve --static DIR`, uvloop + httptools (zerocopysend: sendfile(2))",
         ),
         StaticServer(
+            "asgiserve-compiled",
+            _asgiserve,
+            ["asgiserve", "uvloop", "httptools"],
+            "`asgiserve --static DIR` as above, hot modules compiled with mypyc "
+            "(ASGISERVE_COMPILE=1)",
+            compiled=True,
+        ),
+        StaticServer(
             "http.server",
             _http_server,
             [],
@@ -139,6 +149,7 @@ class Running:
         self.spec = spec
         self.test = test
         self.port = harness.free_port()
+        self.python = args.python
         self.argv = spec.command(args.python, args.folder, self.port)
         self.log_path = Path(args.logdir) / f"{test.name}-{spec.name}.log"
         self.proc: subprocess.Popen[Any] | None = None
@@ -148,13 +159,17 @@ class Running:
 
     def start(self, folder: str) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        paths, cwd = [str(ROOT), env.get("PYTHONPATH")], ROOT
+        if self.spec.compiled:
+            cwd = harness.compiled_tree(self.python)
+            paths.insert(0, str(cwd))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         env["PYTHONUNBUFFERED"] = "1"
         env["STATIC_BENCH_DIR"] = folder
         with open(self.log_path, "wb") as log:
             self.proc = harness.spawn(
                 ["taskset", "-c", str(self.cpu), *self.argv],
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -359,15 +374,18 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| `{server}` | " + " | ".join(cells) + " |")
     ours = "asgiserve"
     lines += ["", "Ratios of `asgiserve --static` (same run):", ""]
-    lines.append("| test | " + " | ".join(f"vs `{b}`" for b in BASELINES) + " |")
-    lines.append("|---|" + "---:|" * len(BASELINES))
-    for test in tests:
-        cells = []
-        mine = summary.get((ours, test), {}).get("rate")
-        for base in BASELINES:
-            theirs = summary.get((base, test), {}).get("rate")
-            cells.append(f"**{mine / theirs:.1f}x**" if mine and theirs else "-")
-        lines.append(f"| {test} | " + " | ".join(cells) + " |")
+    lines.append("| build | test | " + " | ".join(f"vs `{b}`" for b in BASELINES) + " |")
+    lines.append("|---|---|" + "---:|" * len(BASELINES))
+    for build in (ours, "asgiserve-compiled"):
+        for test in tests:
+            cells = []
+            mine = summary.get((build, test), {}).get("rate")
+            if mine is None:
+                continue
+            for base in BASELINES:
+                theirs = summary.get((base, test), {}).get("rate")
+                cells.append(f"**{mine / theirs:.1f}x**" if mine and theirs else "-")
+            lines.append(f"| `{build}` | {test} | " + " | ".join(cells) + " |")
     ours_large = summary.get((ours, "static20m"))
     if ours_large is not None and ours_large["load_cpu"] > 90:
         lines += [
