@@ -98,6 +98,26 @@ def test_any_split_of_the_stream_gives_the_same_messages(chunk: int) -> None:
     assert pongs == ([b"ping!"] if chunk == 1 else [b"ping!", b"mid"])
 
 
+@pytest.mark.parametrize("key", [b"\x00\x00\x00\x00", b"\x88\x26\x06\x75", b"\xff\x80\x7e\x01"])
+def test_frames_after_a_fragmented_message_are_read_from_their_boundary(key: bytes) -> None:
+    # Regression: the frame ending a fragmented message used to be handed to websockets
+    # together with whatever followed it in the same read, so the short cut resumed in the
+    # middle of the next frame and lost or garbled the messages after it.
+    stream = b"".join(
+        [
+            client_frame(0x1, b"frag", fin=False, key=key),
+            client_frame(0x9, b"mid", key=key),
+            client_frame(0x0, b"mented", key=key),
+            client_frame(0x2, b"", key=key),
+            client_frame(0x2, b"x" * 300, key=key),
+            client_frame(0x1, b"last", key=key),
+        ]
+    )
+    expected = [("text", "fragmented"), ("bytes", b""), ("bytes", b"x" * 300), ("text", "last")]
+    for chunk in range(1, 40):
+        assert summary(feed(open_core(), stream, chunk)) == expected, chunk
+
+
 def test_short_cut_and_websockets_agree_on_a_compressed_connection() -> None:
     # With permessage-deflate negotiated every frame goes through websockets.
     core = open_core(deflate="permessage-deflate")

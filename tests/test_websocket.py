@@ -303,7 +303,13 @@ def test_ws_none_serves_upgrade_requests_as_http(serve: Any) -> None:
 
 
 def frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv1: bool = False
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    mask: bool = True,
+    rsv1: bool = False,
+    key: bytes | None = None,
 ) -> bytes:
     head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     length = len(payload)
@@ -316,7 +322,7 @@ def frame(
         head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
     if not mask:
         return head + payload
-    key = os.urandom(4)
+    key = key or os.urandom(4)
     masked = (
         bytes(b ^ key[i % 4] for i, b in enumerate(payload))
         if length < 4096

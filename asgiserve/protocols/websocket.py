@@ -18,9 +18,10 @@ open, a complete, unfragmented, masked text or binary frame of at most ``max_siz
 (and at most ``_FAST_FRAME_LIMIT``) is decoded here, and an outgoing text or binary message is
 framed here: both are a few lines of RFC 6455 section 5.2, and doing them without the general
 frame machinery is what makes small-message echo fast. Every other frame (control frames,
-fragments, reserved bits or opcodes, unmasked, oversize, compressed) is handed whole, or as a
-stream of exactly its own bytes, to ``websockets``, so its parser is always at a frame
-boundary when the short cut runs, and every error keeps its close code.
+fragments and any frame while a fragmented message is open, reserved bits or opcodes,
+unmasked, oversize, compressed) is handed whole, or as a stream of exactly its own bytes, to
+``websockets``, so its parser is always at a frame boundary when the short cut runs, and
+every error keeps its close code.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ class WebSocketCore:
                 pos += take
                 out.extend(self._events())
                 continue
-            if protocol.state is not State.OPEN or self._opcode is not None:
-                # Closing, failed or inside a fragmented message: websockets has it all.
+            if protocol.state is not State.OPEN:
+                # Closing or failed: websockets has the rest.
                 self._owed = 0
                 protocol.receive_data(buf[pos:])
                 pos = end
@@ -185,6 +186,7 @@ class WebSocketCore:
             frame_end = start + length
             if (
                 head not in _PLAIN_DATA_HEADS
+                or self._opcode is not None  # inside a fragmented message
                 or not masked
                 or length > self._max_size
                 or length > _FAST_FRAME_LIMIT
