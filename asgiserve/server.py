@@ -253,6 +253,16 @@ class Server:
                 close_timeout=ws.close_timeout,
                 per_message_deflate=ws.per_message_deflate,
             )
+        files = rewrite_scope = None
+        if config.static is not None or config.mounts:
+            # Folders the server serves itself (loading.py built their apps): plain GETs of
+            # files already served are answered without the app (transport/connection.py).
+            from asgiserve.middleware.proxy_headers import ProxyHeadersMiddleware
+
+            inner = app
+            if isinstance(inner, ProxyHeadersMiddleware):
+                rewrite_scope, inner = inner.rewrite, inner.app
+            files = getattr(inner, "open_remembered", None)
         return ServerState(
             app=app,
             loop=loop,
@@ -270,6 +280,8 @@ class Server:
             on_max_requests=self._on_max_requests,
             websocket=websocket,
             http2=self._h2_settings(),
+            files=files,
+            rewrite_scope=rewrite_scope if files is not None else None,
         )
 
     def _h2_settings(self) -> Any:

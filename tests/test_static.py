@@ -8,7 +8,9 @@ all of them, so those run on the default one.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import logging
 import os
 import socket
 import ssl
@@ -513,6 +515,47 @@ def test_sendfile_stops_when_the_peer_is_gone_or_the_connection_lost(tmp_path: P
         assert asyncio.run(main()) is False
     finally:
         ours.close()
+
+
+def test_sendfile_sender_never_closes_the_transports_socket(tmp_path: Path) -> None:
+    # The sender keeps a socket object over the transport's descriptor (for send() with
+    # MSG_MORE); dropping or releasing the sender must leave the descriptor open.
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    ours.setblocking(False)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for release in ("drop", "connection_lost"):
+                sender = SocketFileSender(loop, BufferingTransport(), ours.fileno(), ours.family)
+                for _ in range(2):
+                    assert sender.send_now(fd, 0, 10, b"head:") == 10
+                assert sender.sock is not None
+                if release == "connection_lost":
+                    sender.connection_lost()
+                    assert sender.sock is None
+                del sender
+                gc.collect()
+        finally:
+            os.close(fd)
+
+    try:
+        asyncio.run(main())
+        ours.sendall(b"still open")
+        client.settimeout(5)
+        expected = b"head:0123456789" * 4 + b"still open"
+        received = b""
+        while len(received) < len(expected):
+            received += client.recv(65536)
+        assert received == expected
+    finally:
+        for sock in (ours, client, listener):
+            sock.close()
 
 
 def test_sendfile_of_a_short_file_raises(tmp_path: Path) -> None:
@@ -1030,9 +1073,126 @@ def test_a_plain_get_is_remembered_and_served_again_the_same(serve: Any, site: P
     assert first[1] == second[1]
 
 
-def test_a_remembered_file_changed_in_place_is_served_fresh(serve: Any, site: Path) -> None:
+@pytest.fixture(params=["app", "server"])
+def files_server(request: pytest.FixtureRequest, serve: Any, site: Path) -> Any:
+    """A server for ``site``: StaticFiles as its app, or the server's own folder (``--static``),
+    whose remembered plain GETs the server answers without running the app."""
+    if request.param == "app":
+        return serve(StaticFiles(site))
+    return serve(None, static=str(site))
+
+
+@pytest.fixture
+def app_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the requests that ran a StaticFiles app."""
+    calls: list[str] = []
+    original = StaticFiles.__call__
+
+    async def counted(self: StaticFiles, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            calls.append(scope["path"])
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(StaticFiles, "__call__", counted)
+    return calls
+
+
+def test_the_server_answers_its_own_remembered_files_without_the_app(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    server = serve(None, static=str(site))
+    first = plain_get(server, "/data.bin")
+    second = plain_get(server, "/data.bin")
+    assert app_calls == ["/data.bin"]
+    assert first[0] == second[0] == 200 and first[2] == second[2] == DATA
+    assert first[1].pop(b"date") and second[1].pop(b"date")
+    assert first[1] == second[1]
+    # Pipelined on one connection, and HTTP/1.0 (the server closes after the response).
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"GET /data.bin HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + b"GET /app.js HTTP/1.0\r\n\r\n"
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.count(DATA) == 2 and received.count(b"HTTP/1.1 200 OK") == 3
+    assert received.endswith((site / "app.js").read_bytes())
+    # What is not a plain GET of a remembered file still runs the app.
+    assert raw_get(server.port, b"/data.bin", method=b"HEAD").endswith(b"\r\n\r\n")
+    assert b" 206 " in raw_get(server.port, b"/data.bin", b"Range: bytes=0-9\r\n")
+    assert app_calls == ["/data.bin", "/app.js", "/data.bin", "/data.bin"]
+
+
+def test_mounted_folders_are_answered_below_the_root_path(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"app"})
+
+    server = serve(app, mounts=(f"/static={site}",), root_path="/api", lifespan="off")
+    for _ in range(3):
+        status, _, body = plain_get(server, "/static/sub/page.txt")
+        assert (status, body) == (200, b"sub page")
+    assert plain_get(server, "/staticx/sub/page.txt")[2] == b"app"
+    assert app_calls == ["/api/static/sub/page.txt"] and seen == ["/api/staticx/sub/page.txt"]
+
+
+def test_answered_files_are_logged_with_the_forwarded_client(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("asgiserve.access")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:], logger.propagate = [Capture()], False
+    logger.setLevel(logging.INFO)
+    try:
+        server = serve(
+            None, static=str(site), access_log=True, access_log_format="{client} {status} {bytes}"
+        )
+        for _ in range(2):
+            raw_get(server.port, b"/app.js", b"X-Forwarded-For: 203.0.113.9\r\n")
+        server.stop()
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    size = (site / "app.js").stat().st_size
+    assert lines == [f"203.0.113.9:0 200 {size}"] * 2
+    assert len(app_calls) == 1
+
+
+def test_a_large_answered_file_waits_for_a_slow_client(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    big = os.urandom(1 << 20) * 8
+    (site / "big.bin").write_bytes(big)
+    server = serve(None, static=str(site))
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            received = bytearray()
+            time.sleep(0.2)  # the socket buffers fill: the rest must wait for us
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        assert split_response(bytes(received))[2] == big
+    assert app_calls == ["/big.bin"]
+    # The server is still serving (the task that finished the file is gone).
+    assert plain_get(server, "/big.bin")[2] == big
+
+
+def test_a_remembered_file_changed_in_place_is_served_fresh(files_server: Any, site: Path) -> None:
     path = site / "data.bin"
-    server = serve(StaticFiles(site))
+    server = files_server
     assert plain_get(server, "/data.bin")[2] == DATA
     before = path.stat()
     changed = bytes(reversed(DATA))
@@ -1045,17 +1205,17 @@ def test_a_remembered_file_changed_in_place_is_served_fresh(serve: Any, site: Pa
     assert (status, body, fields[b"content-length"]) == (200, b"shorter", b"7")
 
 
-def test_a_remembered_file_deleted_is_404(serve: Any, site: Path) -> None:
-    server = serve(StaticFiles(site))
+def test_a_remembered_file_deleted_is_404(files_server: Any, site: Path) -> None:
+    server = files_server
     assert plain_get(server, "/app.js")[0] == 200
     (site / "app.js").unlink()
     assert plain_get(server, "/app.js")[0] == 404
 
 
 def test_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
-    serve: Any, site: Path
+    files_server: Any, site: Path
 ) -> None:
-    server = serve(StaticFiles(site))
+    server = files_server
     assert plain_get(server, "/app.js")[0] == 200
     (site / "app.js").unlink()
     (site / "app.js").symlink_to(site.parent / "secret.txt")
@@ -1064,9 +1224,9 @@ def test_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
 
 
 def test_a_folder_of_a_remembered_file_replaced_by_a_link_leading_outside_is_404(
-    serve: Any, site: Path, tmp_path: Path
+    files_server: Any, site: Path, tmp_path: Path
 ) -> None:
-    server = serve(StaticFiles(site))
+    server = files_server
     assert plain_get(server, "/sub/page.txt")[2] == b"sub page"
     # Outside the root, a file of the same name, size and times: only its identity differs.
     outside = tmp_path / "outside"

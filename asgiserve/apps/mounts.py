@@ -7,7 +7,7 @@ other request, and the lifespan protocol, goes to the main app untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from asgiserve.apps.static import route_path
@@ -43,3 +43,17 @@ class Mounts:
                     await app(child, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    def open_remembered(
+        self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None:
+        """:meth:`StaticFiles.open_remembered` through the mounts: the file for ``route``
+        (the path below the server's root path) if the app it goes to can answer it at once."""
+        for prefix, app in self.mounts:
+            if route.startswith(prefix) and (
+                len(route) == len(prefix) or route[len(prefix)] == "/"
+            ):
+                serve = getattr(app, "open_remembered", None)
+                return None if serve is None else serve(route[len(prefix) :], request_headers)
+        serve = getattr(self.app, "open_remembered", None)
+        return None if serve is None else serve(route, request_headers)

@@ -206,17 +206,10 @@ class StaticFiles:
                 rest = route[len(root_path) :]
                 if not rest or rest[0] == "/":
                     route = rest
-            request: dict[bytes, bytes] = {}
-            for key, value in scope["headers"]:
-                if key in _WANTED_HEADERS:
-                    seen = request.get(key)
-                    request[key] = value if seen is None else seen + b", " + value
-            if not request and scope["method"] == "GET":
-                known = self._known.get(route)
-                fd = -1 if known is None else self._open_known(route, known)
-                if fd >= 0:
-                    assert known is not None
-                    path, identity, headers = known
+            if scope["method"] == "GET":
+                ready = self.open_remembered(route, scope["headers"])
+                if ready is not None:
+                    fd, headers, size = ready
                     try:
                         # A copy: whoever handles the message may change its list
                         # (Starlette's MutableHeaders does, in middleware).
@@ -228,17 +221,23 @@ class StaticFiles:
                                 "type": "http.response.zerocopysend",
                                 "file": fd,
                                 "offset": 0,
-                                "count": identity[2],
+                                "count": size,
                                 "more_body": False,
                             }
                             await send(message)
                         else:
+                            path = self._known[route][0]
                             await self._body(
-                                scope, send, path, fd, 0, identity[2], more_body=False, whole=True
+                                scope, send, path, fd, 0, size, more_body=False, whole=True
                             )
                     finally:
                         os.close(fd)
                     return
+            request: dict[bytes, bytes] = {}
+            for key, value in scope["headers"]:
+                if key in _WANTED_HEADERS:
+                    seen = request.get(key)
+                    request[key] = value if seen is None else seen + b", " + value
             await self._http(scope, send, route, request)
         elif kind == "websocket":
             # Closing before accepting is a 403 to the client (ASGI WebSocket spec).
@@ -251,6 +250,28 @@ class StaticFiles:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    def open_remembered(
+        self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None:
+        """The shortcut of a plain GET (see the module docstring): for a remembered ``route``
+        still naming the same file, and request headers with nothing conditional, ranged or
+        encoded, the opened file (the caller closes it), the response headers and the body
+        size of a 200; None for everything else, which the full lookup serves.
+
+        Synchronous, so that a server that built this app itself (``--static``, ``--mount``)
+        can answer such a request without running the app (:mod:`asgiserve.apps.mounts`).
+        """
+        known = self._known.get(route)
+        if known is None:
+            return None
+        for key, _ in request_headers:
+            if key in _WANTED_HEADERS:
+                return None
+        fd = self._open_known(route, known)
+        if fd < 0:
+            return None
+        return fd, known[2], known[1][2]
 
     def _open_known(self, route: str, known: _Known) -> int:
         """The remembered file opened, if it is still the same file; -1 (and it is forgotten)

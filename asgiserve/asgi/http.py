@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiserve.asgi.errors import ClientDisconnected
@@ -482,40 +482,9 @@ class HTTPCycle:
                 count = max(info.st_size - offset, 0)
             # With a count, no fstat (a cost per response): a file shorter than that, or
             # not a regular file, fails in the sink and the response is aborted.
-            wire_more = more_body or self.trailers_expected
-            if (
-                phase is Phase.HEAD
-                and not wire_more
-                and self.content_length is None
-                and self.status not in _NO_BODY_STATUSES
-            ):
-                # The whole body is this file: announce its length (also for HEAD, RFC 9110
-                # section 9.3.2) rather than chunk it.
-                self.content_length = count
-                self.response_headers = [
-                    *self.response_headers,
-                    (b"content-length", b"%d" % count),
-                ]
-            self._count_length(count, more_body)
-            sink = self.sink
-            sending = count > 0 and self.body_allowed
-            with_head: Callable[..., Awaitable[None] | None] | None = None
-            if phase is Phase.HEAD:
-                if sending:
-                    # An optional sink method (see ResponseSink): the head can leave
-                    # together with the file's first bytes.
-                    with_head = getattr(sink, "send_head_with_file", None)
-                if with_head is None:
-                    sink.send_head(self, b"", wire_more or sending)
-                self.phase = Phase.BODY
-            elif not sending and not wire_more:
-                sink.send_body(b"", False)
-            if with_head is not None:
-                rest = with_head(self, fd, offset, count, wire_more)
-                if rest is not None:
-                    await rest
-            elif sending:
-                await sink.send_file(fd, offset, count, wire_more)
+            rest = self._file_part(fd, offset, count, more_body, phase)
+            if rest is not None:
+                await rest
             if reposition:
                 os.lseek(fd, offset + count, os.SEEK_SET)
         finally:
@@ -528,10 +497,93 @@ class HTTPCycle:
                 self.phase = Phase.TRAILERS
             else:
                 self._complete()
-        elif sink.writing_paused:
-            await sink.drain()
+        elif self.sink.writing_paused:
+            await self.sink.drain()
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
+
+    def _file_part(
+        self, fd: int, offset: int, count: int, more_body: bool, phase: Phase
+    ) -> Awaitable[None] | None:
+        """Send (or start sending) a body part of ``count`` bytes of ``fd``, with the head
+        if it is still due; what is left to wait for, or None when the kernel has it all."""
+        wire_more = more_body or self.trailers_expected
+        if (
+            phase is Phase.HEAD
+            and not wire_more
+            and self.content_length is None
+            and self.status not in _NO_BODY_STATUSES
+        ):
+            # The whole body is this file: announce its length (also for HEAD, RFC 9110
+            # section 9.3.2) rather than chunk it.
+            self.content_length = count
+            self.response_headers = [
+                *self.response_headers,
+                (b"content-length", b"%d" % count),
+            ]
+        self._count_length(count, more_body)
+        sink = self.sink
+        sending = count > 0 and self.body_allowed
+        with_head: Callable[..., Awaitable[None] | None] | None = None
+        if phase is Phase.HEAD:
+            if sending:
+                # An optional sink method (see ResponseSink): the head can leave
+                # together with the file's first bytes.
+                with_head = getattr(sink, "send_head_with_file", None)
+            if with_head is None:
+                sink.send_head(self, b"", wire_more or sending)
+            self.phase = Phase.BODY
+        elif not sending and not wire_more:
+            sink.send_body(b"", False)
+        if with_head is not None:
+            rest: Awaitable[None] | None = with_head(self, fd, offset, count, wire_more)
+            return rest
+        if sending:
+            return sink.send_file(fd, offset, count, wire_more)
+        return None
+
+    def respond_with_file(
+        self, headers: list[tuple[bytes, bytes]], fd: int, count: int
+    ) -> Coroutine[Any, Any, None] | None:
+        """Answer with a 200 whose body is ``count`` bytes of the open file ``fd`` (closed
+        here), without an app: the server's answer to a request for a file it serves itself
+        (``--static``, ``--mount``; see transport/connection.py). The same steps as an app's
+        ``http.response.zerocopysend`` after an ``http.response.start`` whose checks these
+        headers passed when the app sent them: they hold ``content-length: count`` and none
+        of the other headers ``_start`` watches. Returns a coroutine to run when the file must
+        wait for the socket (a slow client, a large file), else None."""
+        self.status = 200
+        self.response_headers = headers
+        self.content_length = count
+        self.phase = Phase.HEAD
+        try:
+            rest = self._file_part(fd, 0, count, False, Phase.HEAD)
+        except Exception as exc:
+            os.close(fd)
+            logger.error("Exception sending a file", exc_info=exc)
+            self._fail("file send failed")
+            return None
+        if rest is None:
+            os.close(fd)
+            if self.phase is not Phase.DONE:
+                self._complete()
+            return None
+        return self._finish_file(rest, fd)
+
+    async def _finish_file(self, rest: Awaitable[None], fd: int) -> None:
+        try:
+            await rest
+        except asyncio.CancelledError:
+            self._abort_if_unfinished()
+            raise
+        except Exception as exc:
+            logger.error("Exception sending a file", exc_info=exc)
+            self._fail("file send failed")
+        finally:
+            os.close(fd)
+            self._unregister()
+        if self.phase is not Phase.DONE:
+            self._complete()
 
     @staticmethod
     def _coerce_body(body: Any) -> bytes:

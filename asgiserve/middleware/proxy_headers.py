@@ -152,17 +152,22 @@ class ProxyHeadersMiddleware:
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # Not ``async def``: returning the app's own coroutine costs no extra frame.
         if scope["type"] != "lifespan":
-            client = scope.get("client")
-            if (
-                self.unix
-                if client is None
-                else client[0] in self.hosts or (self.more and self.trusted.trusts(client[0]))
-            ):
-                for name, _ in scope["headers"]:
-                    if name in _FORWARDING_HEADERS:
-                        apply_forwarding(scope, self.trusted)
-                        break
+            self.rewrite(scope)
         return self.app(scope, receive, send)
+
+    def rewrite(self, scope: Scope) -> None:
+        """Apply the forwarding headers of an HTTP or WebSocket ``scope`` if its peer is
+        trusted (also used by the server for requests it answers without the app)."""
+        client = scope.get("client")
+        if (
+            self.unix
+            if client is None
+            else client[0] in self.hosts or (self.more and self.trusted.trusts(client[0]))
+        ):
+            for name, _ in scope["headers"]:
+                if name in _FORWARDING_HEADERS:
+                    apply_forwarding(scope, self.trusted)
+                    break
 
 
 # -- applying the headers ------------------------------------------------------------------------

@@ -52,10 +52,10 @@ from asgiserve.transport.state import EAGER_TASKS, start_task
 from asgiserve.transport.tls import tls_extension
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Coroutine
 
     from asgiserve.asgi.types import Message, Receive, Scope, Send
-    from asgiserve.transport.state import RequestParser, ServerState
+    from asgiserve.transport.state import RememberedFiles, RequestParser, ServerState
 
 logger = logging.getLogger("asgiserve.error")
 
@@ -339,6 +339,8 @@ class HTTP11Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.upgrade_to = None
         self.state.connections.discard(self)
+        if self.file_sender is not None:
+            self.file_sender.release()
 
     def _switch_to_http2(self, data: bytes, upgrade: tuple[RequestHead, bytes] | None) -> None:
         from asgiserve.transport.http2 import HTTP2Connection
@@ -430,11 +432,41 @@ class HTTP11Connection(asyncio.Protocol):
         limit = state.limit_concurrency
         if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
             app = _service_unavailable
-        task = start_task(self.loop, cycle.run(app), self.context.copy())
+        elif state.files is not None and self._serve_file(cycle, state.files):
+            return
+        self._run(cycle, cycle.run(app))
+
+    def _serve_file(self, cycle: HTTPCycle, files: RememberedFiles) -> bool:
+        """``--static``/``--mount``: answer a plain GET of a file served before here, with
+        what the app would send (StaticFiles.open_remembered), without an ASGI round trip:
+        no task, no messages. False to run the app."""
+        scope = cycle.scope
+        if scope["method"] != "GET" or not cycle.request_complete:
+            return False
+        route: str = scope["path"]
+        root_path = self.state.root_path
+        if root_path:
+            route = route[len(root_path) :]  # asgi/scope.py put it in front
+        ready = files(route, scope["headers"])
+        if ready is None:
+            return False
+        state = self.state
+        if state.access_log is not None and state.rewrite_scope is not None:
+            # The access log shows the client the app would have seen (the proxy headers'
+            # rewrite changes nothing else that this response depends on).
+            state.rewrite_scope(scope)
+        fd, headers, size = ready
+        rest = cycle.respond_with_file([*headers], fd, size)
+        if rest is not None:
+            self._run(cycle, rest)
+        return True
+
+    def _run(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None]) -> None:
+        task = start_task(self.loop, coro, self.context.copy())
         if not task.done():
             # Tracked for shutdown; cycle.run() removes it when the app returns.
             cycle.task = task
-            cycle.registry = tasks = state.tasks
+            cycle.registry = tasks = self.state.tasks
             tasks.add(task)
 
     def _on_response_complete(self, cycle: HTTPCycle) -> None:

@@ -106,7 +106,17 @@ class SocketFileSender:
     socket or without ``os.sendfile``, and the connection then uses :func:`send_file_buffered`.
     """
 
-    __slots__ = ("dup", "family", "loop", "lost", "sock_fd", "transport", "usable", "waiter")
+    __slots__ = (
+        "dup",
+        "family",
+        "loop",
+        "lost",
+        "sock",
+        "sock_fd",
+        "transport",
+        "usable",
+        "waiter",
+    )
 
     def __init__(
         self,
@@ -122,8 +132,22 @@ class SocketFileSender:
         #: The socket's address family when a prefix can be sent with MSG_MORE (TCP), else -1.
         self.family = family if _MSG_MORE and family in _TCP_FAMILIES else -1
         self.dup = -1
+        #: A socket object over the transport's descriptor, for send() with flags: made once
+        #: (making one runs getsockname(2)) and detached, never closed, when we are done.
+        self.sock: _socket.socket | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
+
+    def __del__(self) -> None:
+        # Dropping an undetached socket object would close the transport's descriptor.
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the transport's descriptor (the connection is gone or handed over)."""
+        sock = self.sock
+        if sock is not None:
+            self.sock = None
+            sock.detach()
 
     @classmethod
     def for_transport(
@@ -138,6 +162,7 @@ class SocketFileSender:
     def connection_lost(self) -> None:
         """The connection is gone: stop at the next step."""
         self.lost = True
+        self.release()
         self._wake()
 
     def send_now(self, fd: int, offset: int, count: int, prefix: bytes = b"") -> int:
@@ -156,11 +181,14 @@ class SocketFileSender:
         if prefix:
             sent = 0
             if self.family >= 0 and not transport.get_write_buffer_size():
-                # A socket object over the transport's descriptor, for send() with flags,
-                # detached (so never closing it) in this synchronous step, in which
-                # is_closing() said the descriptor is still the transport's. The C type:
-                # socket.socket's Python layer costs three times as much and is not needed.
-                sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, self.sock_fd)
+                # Used only in this synchronous step, in which is_closing() said the
+                # descriptor is still the transport's. The C type: socket.socket's Python
+                # layer costs three times as much and is not needed.
+                sock = self.sock
+                if sock is None:
+                    sock = self.sock = _socket.socket(
+                        self.family, socket.SOCK_STREAM, 0, self.sock_fd
+                    )
                 try:
                     sent = sock.send(prefix, _MSG_MORE)
                 except (BlockingIOError, InterruptedError):
@@ -169,8 +197,6 @@ class SocketFileSender:
                     if exc.errno in _CLIENT_GONE:
                         return -1
                     raise
-                finally:
-                    sock.detach()
             if sent < len(prefix):
                 # Behind what the transport holds, or what the socket did not take.
                 transport.write(prefix[sent:] if sent else prefix)

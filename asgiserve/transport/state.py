@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from asgiserve.asgi.types import ASGIApp
+    from asgiserve.asgi.types import ASGIApp, Scope
     from asgiserve.logging import AccessLog
     from asgiserve.protocols.http11 import RequestSink
     from asgiserve.transport.http2 import H2Settings
     from asgiserve.transport.tls import TLSInfo
     from asgiserve.transport.websocket import WebSocketSettings
 
-__all__ = ["EAGER_TASKS", "RequestParser", "ServerState", "start_task"]
+__all__ = ["EAGER_TASKS", "RememberedFiles", "RequestParser", "ServerState", "start_task"]
 
 
 class RequestParser(Protocol):
@@ -65,6 +65,14 @@ else:
         return context.run(loop.create_task, coro)
 
 
+class RememberedFiles(Protocol):
+    """``StaticFiles.open_remembered`` (apps/static.py), or the same through ``Mounts``."""
+
+    def __call__(
+        self, route: str, request_headers: Iterable[tuple[bytes, bytes]], /
+    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None: ...
+
+
 class ServerState:
     """Everything connections share: the app, limits as plain values, live bookkeeping."""
 
@@ -86,6 +94,8 @@ class ServerState:
         http2: H2Settings | None = None,
         tls: TLSInfo | None = None,
         limit_request_body: int | None = None,
+        files: RememberedFiles | None = None,
+        rewrite_scope: Callable[[Scope], None] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
@@ -106,6 +116,12 @@ class ServerState:
         self.tls = tls
         #: Largest request body in bytes (413 beyond); None: no limit.
         self.limit_request_body = limit_request_body
+        #: The files the server serves itself (``--static``, ``--mount``): a plain GET of a
+        #: file served before is answered without running the app (transport/connection.py).
+        self.files = files
+        #: What the server's middleware does to a scope before the app sees it (proxy
+        #: headers), for the requests answered without the app.
+        self.rewrite_scope = rewrite_scope
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()
