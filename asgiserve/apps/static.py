@@ -41,6 +41,9 @@ the open itself refuses a symbolic link in the last place (``O_NOFOLLOW``), and 
 earlier place leads to another file, so the identity differs. The one thing the identity check
 admits is that very file, unchanged (any write moves its times; renaming or linking it moves its
 change time, which no caller can set), so nothing is served that the full lookup did not serve.
+That shortcut is :meth:`StaticFiles.open_remembered`, synchronous: asgiserve calls it itself for
+the folders it serves (``--static``, ``--mount``) and answers such a request without running
+the app.
 """
 
 from __future__ import annotations

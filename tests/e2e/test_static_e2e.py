@@ -313,7 +313,10 @@ def test_a_file_larger_than_memory_is_streamed(server: CLIServer) -> None:
     assert peak - before < 20 * 1024, (before, peak)
 
 
-def test_a_slow_client_is_flow_controlled(server: CLIServer) -> None:
+@pytest.mark.parametrize("attempt", ["app", "server"])
+def test_a_slow_client_is_flow_controlled(server: CLIServer, attempt: str) -> None:
+    # The first plain GET of the file runs the StaticFiles app; later ones are answered by
+    # the server itself (the remembered head): both must wait for a slow client.
     pid = server.process.pid
     before = rss_kib(pid)
     slow = socket.socket()
