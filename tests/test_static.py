@@ -399,6 +399,37 @@ def test_files_under_tls_are_read_in_chunks_and_encrypted(
         assert big[5:10] in ranged.content and big[-3:] in ranged.content
 
 
+def test_answered_files_under_tls_are_read_in_chunks_and_encrypted(
+    serve: Any, tmp_path: Path, app_calls: list[str]
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    site = tmp_path / "site"
+    site.mkdir()
+    big = os.urandom(1 << 20) * 2
+    (site / "big.bin").write_bytes(big)
+    server = serve(None, static=str(site), ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            for _ in range(2):
+                tls.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                received = b""
+                while not received.endswith(big[-64:]) or len(received) <= len(big):
+                    chunk = tls.recv(1 << 16)
+                    assert chunk
+                    received += chunk
+                assert split_response(received)[2] == big
+    # Keep-alive held: the second request came on the same connection, and the server
+    # answered it (through its buffered file path) without the app.
+    assert app_calls == ["/big.bin"]
+
+
 def test_buffered_sending_reads_in_chunks_through_the_sink(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(DATA * 5)
