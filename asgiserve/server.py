@@ -281,7 +281,7 @@ class Server:
             websocket=websocket,
             http2=self._h2_settings(),
             files=files,
-            rewrite_scope=rewrite_scope if files is not None else None,
+            rewrite_scope=rewrite_scope,
         )
 
     def _h2_settings(self) -> Any:

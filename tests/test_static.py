@@ -367,15 +367,10 @@ class TestFileExtensions:
         assert get(server.url + "/data.bin").content == DATA
 
 
-@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
-def test_files_under_tls_are_read_in_chunks_and_encrypted(
-    serve: Any, tmp_path: Path, http2: bool
-) -> None:
-    # No sendfile(2) under TLS (the bytes are encrypted in user space) nor in HTTP/2 DATA
-    # frames: the buffered path sends them, in several chunks for this file.
+def tls_site(tmp_path: Path, big: bytes) -> tuple[Path, dict[str, str], ssl.SSLContext]:
+    """A folder holding ``big.bin``, the server's TLS options for a certificate for
+    localhost, and a client context that trusts it."""
     trustme = pytest.importorskip("trustme")
-    if http2:
-        pytest.importorskip("h2")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -383,11 +378,23 @@ def test_files_under_tls_are_read_in_chunks_and_encrypted(
     cert.private_key_pem.write_to_path(str(keyfile))
     site = tmp_path / "site"
     site.mkdir()
-    big = os.urandom(1 << 20) * 3
     (site / "big.bin").write_bytes(big)
-    server = serve(StaticFiles(site), ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
     context = ssl.create_default_context()
     ca.configure_trust(context)
+    return site, {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}, context
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
+def test_files_under_tls_are_read_in_chunks_and_encrypted(
+    serve: Any, tmp_path: Path, http2: bool
+) -> None:
+    # No sendfile(2) under TLS (the bytes are encrypted in user space) nor in HTTP/2 DATA
+    # frames: the buffered path sends them, in several chunks for this file.
+    if http2:
+        pytest.importorskip("h2")
+    big = os.urandom(1 << 20) * 3
+    site, tls_options, context = tls_site(tmp_path, big)
+    server = serve(StaticFiles(site), **tls_options)
     with httpx.Client(verify=context, http2=http2, timeout=10) as client:
         response = client.get(f"https://localhost:{server.port}/big.bin")
         assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
@@ -402,19 +409,9 @@ def test_files_under_tls_are_read_in_chunks_and_encrypted(
 def test_answered_files_under_tls_are_read_in_chunks_and_encrypted(
     serve: Any, tmp_path: Path, app_calls: list[str]
 ) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    site = tmp_path / "site"
-    site.mkdir()
     big = os.urandom(1 << 20) * 2
-    (site / "big.bin").write_bytes(big)
-    server = serve(None, static=str(site), ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    site, tls_options, context = tls_site(tmp_path, big)
+    server = serve(None, static=str(site), **tls_options)
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             for _ in range(2):

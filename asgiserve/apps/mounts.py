@@ -33,15 +33,13 @@ class Mounts:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            route = route_path(scope)
-            for prefix, app in self.mounts:
-                if route.startswith(prefix) and (
-                    len(route) == len(prefix) or route[len(prefix)] == "/"
-                ):
-                    child = dict(scope)
-                    child["root_path"] = scope.get("root_path", "") + prefix
-                    await app(child, receive, send)
-                    return
+            mount = self._mount_for(route_path(scope))
+            if mount is not None:
+                prefix, app = mount
+                child = dict(scope)
+                child["root_path"] = scope.get("root_path", "") + prefix
+                await app(child, receive, send)
+                return
         await self.app(scope, receive, send)
 
     def open_remembered(
@@ -49,11 +47,21 @@ class Mounts:
     ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None:
         """:meth:`StaticFiles.open_remembered` through the mounts: the file for ``route``
         (the path below the server's root path) if the app it goes to can answer it at once."""
+        mount = self._mount_for(route)
+        if mount is None:
+            app: object = self.app
+        else:
+            prefix, app = mount
+            route = route[len(prefix) :]
+        serve = getattr(app, "open_remembered", None)
+        return None if serve is None else serve(route, request_headers)
+
+    def _mount_for(self, route: str) -> tuple[str, ASGIApp] | None:
+        """The mount whose prefix is ``route`` or a folder above it (the longest); None for
+        the main app."""
         for prefix, app in self.mounts:
             if route.startswith(prefix) and (
                 len(route) == len(prefix) or route[len(prefix)] == "/"
             ):
-                serve = getattr(app, "open_remembered", None)
-                return None if serve is None else serve(route[len(prefix) :], request_headers)
-        serve = getattr(self.app, "open_remembered", None)
-        return None if serve is None else serve(route, request_headers)
+                return prefix, app
+        return None

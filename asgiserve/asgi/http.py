@@ -558,15 +558,11 @@ class HTTPCycle:
         self.phase = Phase.HEAD
         try:
             rest = self._file_part(fd, 0, count, False, Phase.HEAD)
-        except Exception as exc:
-            os.close(fd)
-            logger.error("Exception sending a file", exc_info=exc)
-            self._fail("file send failed")
+        except Exception as exc:  # noqa: BLE001 - logged there, as run() logs an app's
+            self._file_response_done(fd, exc)
             return None
         if rest is None:
-            os.close(fd)
-            if self.phase is not Phase.DONE:
-                self._complete()
+            self._file_response_done(fd, None)
             return None
         return self._finish_file(rest, fd)
 
@@ -574,15 +570,24 @@ class HTTPCycle:
         try:
             await rest
         except asyncio.CancelledError:
+            os.close(fd)
             self._abort_if_unfinished()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged there, as run() logs an app's
+            self._file_response_done(fd, exc)
+        else:
+            self._file_response_done(fd, None)
+        finally:
+            self._unregister()
+
+    def _file_response_done(self, fd: int, exc: Exception | None) -> None:
+        """The end of :meth:`respond_with_file`: the file closed, the response complete (or
+        failed: a 500 if nothing was sent yet, else an abort, as for a failing app)."""
+        os.close(fd)
+        if exc is not None:
             logger.error("Exception sending a file", exc_info=exc)
             self._fail("file send failed")
-        finally:
-            os.close(fd)
-            self._unregister()
-        if self.phase is not Phase.DONE:
+        elif self.phase is not Phase.DONE:  # else the client went away meanwhile
             self._complete()
 
     @staticmethod

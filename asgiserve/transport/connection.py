@@ -428,46 +428,46 @@ class HTTP11Connection(asyncio.Protocol):
         state = self.state
         if state.access_log is not None:
             self.started_at = self.loop.time()
-        app = state.app
         limit = state.limit_concurrency
+        coro: Coroutine[Any, Any, None] | None
         if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
-            app = _service_unavailable
-        elif state.files is not None and self._serve_file(cycle, state.files):
-            return
-        self._run(cycle, cycle.run(app))
+            coro = cycle.run(_service_unavailable)
+        elif state.files is None:
+            coro = cycle.run(state.app)
+        else:
+            coro = self._serve_file(cycle, state.files)
+            if coro is None:
+                return  # answered at once
+        task = start_task(self.loop, coro, self.context.copy())
+        if not task.done():
+            # Tracked for shutdown; the coroutine removes it when it returns.
+            cycle.task = task
+            cycle.registry = tasks = state.tasks
+            tasks.add(task)
 
-    def _serve_file(self, cycle: HTTPCycle, files: RememberedFiles) -> bool:
+    def _serve_file(
+        self, cycle: HTTPCycle, files: RememberedFiles
+    ) -> Coroutine[Any, Any, None] | None:
         """``--static``/``--mount``: answer a plain GET of a file served before here, with
         what the app would send (StaticFiles.open_remembered), without an ASGI round trip:
-        no task, no messages. False to run the app."""
+        no task, no messages. Returns what is left to run: the app (not such a request), the
+        rest of a file that must wait for the socket, or None (answered)."""
+        state = self.state
         scope = cycle.scope
         if scope["method"] != "GET" or not cycle.request_complete:
-            return False
+            return cycle.run(state.app)
         route: str = scope["path"]
-        root_path = self.state.root_path
-        if root_path:
-            route = route[len(root_path) :]  # asgi/scope.py put it in front
+        if state.root_path:
+            route = route[len(state.root_path) :]  # asgi/scope.py put it in front
         ready = files(route, scope["headers"])
         if ready is None:
-            return False
-        state = self.state
+            return cycle.run(state.app)
         if state.access_log is not None and state.rewrite_scope is not None:
             # The access log shows the client the app would have seen (the proxy headers'
             # rewrite changes nothing else that this response depends on).
             state.rewrite_scope(scope)
         fd, headers, size = ready
-        rest = cycle.respond_with_file([*headers], fd, size)
-        if rest is not None:
-            self._run(cycle, rest)
-        return True
-
-    def _run(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None]) -> None:
-        task = start_task(self.loop, coro, self.context.copy())
-        if not task.done():
-            # Tracked for shutdown; cycle.run() removes it when the app returns.
-            cycle.task = task
-            cycle.registry = tasks = self.state.tasks
-            tasks.add(task)
+        return cycle.respond_with_file([*headers], fd, size)
 
     def _on_response_complete(self, cycle: HTTPCycle) -> None:
         if cycle is not self.active:
