@@ -262,7 +262,7 @@ class Server:
             inner = app
             if isinstance(inner, ProxyHeadersMiddleware):
                 rewrite_scope, inner = inner.rewrite, inner.app
-            files = getattr(inner, "open_remembered", None)
+            files = getattr(inner, "borrow_remembered", None)
         return ServerState(
             app=app,
             loop=loop,

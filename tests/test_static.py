@@ -8,6 +8,7 @@ all of them, so those run on the default one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import gzip
 import logging
@@ -1216,6 +1217,86 @@ def test_a_large_answered_file_waits_for_a_slow_client(
     assert app_calls == ["/big.bin"]
     # The server is still serving (the task that finished the file is gone).
     assert plain_get(server, "/big.bin")[2] == big
+
+
+def held_descriptors(folder: Path) -> list[str]:
+    """The files under ``folder`` this process has open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                held.append(target)
+    return sorted(held)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_answered_files_keep_a_bounded_number_of_descriptors(
+    serve: Any, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(static_module, "OPEN_REMEMBERED", 2)
+    server = serve(None, static=str(site), lifespan="on")
+    names = ("data.bin", "app.js", "sub/page.txt")
+    for _ in range(2):  # the first GET of each remembers it, the second borrows it
+        for name in names:
+            assert plain_get(server, "/" + name)[0] == 200
+    assert held_descriptors(site) == sorted(str(site / n) for n in ("app.js", "sub/page.txt"))
+    # A held file that is deleted is let go of at its next request.
+    (site / "app.js").unlink()
+    assert plain_get(server, "/app.js")[0] == 404
+    assert held_descriptors(site) == [str(site / "sub" / "page.txt")]
+    server.stop()  # lifespan shutdown closes the rest
+    assert held_descriptors(site) == []
+
+
+def test_a_remembered_file_replaced_by_another_is_served_fresh(
+    files_server: Any, site: Path
+) -> None:
+    # An editor's save: a new file renamed over the old one, here with the same size and
+    # times, so only the inode tells (the server still holds the old one open).
+    path = site / "data.bin"
+    assert plain_get(files_server, "/data.bin")[2] == DATA
+    assert plain_get(files_server, "/data.bin")[2] == DATA
+    before = path.stat()
+    new = site / "new.tmp"
+    new.write_bytes(bytes(reversed(DATA)))
+    os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(new, path)
+    assert plain_get(files_server, "/data.bin")[2] == bytes(reversed(DATA))
+
+
+def test_a_file_still_being_sent_survives_its_replacement(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    # The rest of a file that waits for a slow client is sent from a descriptor of its own:
+    # the one the server borrowed is closed when the file is replaced and asked for again.
+    old = os.urandom(1 << 20) * 8
+    (site / "big.bin").write_bytes(old)
+    server = serve(None, static=str(site))
+    assert plain_get(server, "/big.bin")[2] == old  # remembered
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        received = bytearray(sock.recv(1 << 16))
+        time.sleep(0.2)  # the socket buffers fill: the rest waits
+        new = site / "big.tmp"
+        new.write_bytes(b"new")
+        os.replace(new, site / "big.bin")
+        assert plain_get(server, "/big.bin")[2] == b"new"
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    assert split_response(bytes(received))[2] == old
+    assert app_calls == ["/big.bin", "/big.bin"]
+
+
+def test_answered_files_respect_the_concurrency_limit(serve: Any, site: Path) -> None:
+    server = serve(None, static=str(site), limit_concurrency=1)
+    assert plain_get(server, "/app.js")[0] == 200
+    assert plain_get(server, "/app.js")[0] == 200
+    with socket.create_connection(("127.0.0.1", server.port)):
+        time.sleep(0.1)  # accepted: now two connections
+        assert plain_get(server, "/app.js")[0] == 503
 
 
 def test_a_remembered_file_changed_in_place_is_served_fresh(files_server: Any, site: Path) -> None:

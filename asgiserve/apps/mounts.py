@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from asgiserve.apps.static import route_path
+from asgiserve.apps.static import RememberedFile, route_path
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp, Receive, Scope, Send
@@ -42,10 +42,10 @@ class Mounts:
                 return
         await self.app(scope, receive, send)
 
-    def open_remembered(
+    def borrow_remembered(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
-    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None:
-        """:meth:`StaticFiles.open_remembered` through the mounts: the file for ``route``
+    ) -> RememberedFile | None:
+        """:meth:`StaticFiles.borrow_remembered` through the mounts: the file for ``route``
         (the path below the server's root path) if the app it goes to can answer it at once."""
         mount = self._mount_for(route)
         if mount is None:
@@ -53,8 +53,8 @@ class Mounts:
         else:
             prefix, app = mount
             route = route[len(prefix) :]
-        serve = getattr(app, "open_remembered", None)
-        return None if serve is None else serve(route, request_headers)
+        borrow = getattr(app, "borrow_remembered", None)
+        return None if borrow is None else borrow(route, request_headers)
 
     def _mount_for(self, route: str) -> tuple[str, ASGIApp] | None:
         """The mount whose prefix is ``route`` or a folder above it (the longest); None for

@@ -41,9 +41,16 @@ the open itself refuses a symbolic link in the last place (``O_NOFOLLOW``), and 
 earlier place leads to another file, so the identity differs. The one thing the identity check
 admits is that very file, unchanged (any write moves its times; renaming or linking it moves its
 change time, which no caller can set), so nothing is served that the full lookup did not serve.
-That shortcut is :meth:`StaticFiles.open_remembered`, synchronous: asgiserve calls it itself for
-the folders it serves (``--static``, ``--mount``) and answers such a request without running
-the app.
+That shortcut is :meth:`StaticFiles.open_remembered`.
+
+A server that built this app itself (asgiserve with ``--static``, ``--mount``) answers such a
+request without running the app, through :meth:`StaticFiles.borrow_remembered`: the same
+identity check, made with one ``lstat`` of the remembered path, against a descriptor the app
+keeps open for the file. Opening, checking and closing a file per request cost more than the
+rest of the server's answer (measured: a third of the request's CPU). The kept descriptor pins
+the inode, so its number cannot be reused while we hold it: a path whose ``lstat`` shows that
+device, inode, size and times still names that file, unchanged. At most
+:data:`OPEN_REMEMBERED` files are kept open; a forgotten file's descriptor is closed with it.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Message, Receive, Scope, Send
 
-__all__ = ["StaticFiles"]
+__all__ = ["OPEN_REMEMBERED", "RememberedFile", "StaticFiles"]
 
 #: Bytes per read when the server offers no file extension.
 CHUNK_SIZE = 256 * 1024
@@ -75,6 +82,9 @@ _ALLOW = b"GET, HEAD"
 #: Files whose response head is remembered (see the module docstring); the oldest is forgotten
 #: first.
 REMEMBERED_FILES = 1024
+#: Remembered files that also keep a descriptor open for the server (borrow_remembered); the
+#: one opened first is closed first. Small next to the usual limit of 1024 descriptors.
+OPEN_REMEMBERED = 64
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # Segments that start with a dot are hidden, except RFC 8615's well-known URIs, which exist to
 # be served.
@@ -141,8 +151,30 @@ _Headers = list[tuple[bytes, bytes]]
 _Plan = tuple[str, int, os.stat_result, "str | None", dict[bytes, bytes], _Headers]
 #: What identifies a file's content, from its stat: device, inode, size, mtime, ctime (ns).
 _Identity = tuple[int, int, int, int, int]
-#: A remembered file (see the module docstring): its path, identity and 200 response headers.
-_Known = tuple[str, _Identity, tuple[tuple[bytes, bytes], ...]]
+
+
+class RememberedFile:
+    """A remembered file (see the module docstring): its path, identity and 200 response
+    headers; while a server answers from it, an open descriptor and those headers in the
+    server's wire form."""
+
+    __slots__ = ("encoded_headers", "fd", "headers", "identity", "path", "size")
+
+    def __init__(
+        self, path: str, identity: _Identity, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        self.path = path
+        self.identity = identity
+        self.headers = headers
+        self.size = identity[2]
+        #: Kept open for :meth:`StaticFiles.borrow_remembered`; -1 when not.
+        self.fd = -1
+        #: Free for the server that answers from this entry (made on its first use there).
+        self.encoded_headers: bytes | None = None
+
+
+def _identity(info: os.stat_result) -> _Identity:
+    return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def _status_for(exc: OSError) -> int:
@@ -194,7 +226,9 @@ class StaticFiles:
         self._open_flags = _OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
         self._types: dict[str, bytes] = {}
         self._dates: dict[int, bytes] = {}
-        self._known: dict[str, _Known] = {}
+        self._known: dict[str, RememberedFile] = {}
+        #: The remembered files holding a descriptor, oldest first (at most OPEN_REMEMBERED).
+        self._held: dict[str, RememberedFile] = {}
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -229,7 +263,7 @@ class StaticFiles:
                             }
                             await send(message)
                         else:
-                            path = self._known[route][0]
+                            path = self._known[route].path
                             await self._body(
                                 scope, send, path, fd, 0, size, more_body=False, whole=True
                             )
@@ -251,6 +285,7 @@ class StaticFiles:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    self.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -260,23 +295,72 @@ class StaticFiles:
         """The shortcut of a plain GET (see the module docstring): for a remembered ``route``
         still naming the same file, and request headers with nothing conditional, ranged or
         encoded, the opened file (the caller closes it), the response headers and the body
-        size of a 200; None for everything else, which the full lookup serves.
+        size of a 200; None for everything else, which the full lookup serves."""
+        known = self._plain_get_of(route, request_headers)
+        if known is None:
+            return None
+        fd = self._open_known(route, known)
+        if fd < 0:
+            return None
+        return fd, known.headers, known.size
 
-        Synchronous, so that a server that built this app itself (``--static``, ``--mount``)
-        can answer such a request without running the app (:mod:`asgiserve.apps.mounts`).
+    def borrow_remembered(
+        self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> RememberedFile | None:
+        """:meth:`open_remembered` for a server that answers the request itself, without
+        running this app, and is done with the file before it returns to the event loop: the
+        remembered file, whose ``fd`` stays this app's (valid until the next call into this
+        app: ``os.dup`` it to keep it longer).
+
+        Blocking calls on the event loop: one ``lstat`` of a local file (and, the first time,
+        an open and ``fstat``); the bytes are sent by the server, never read here.
         """
+        known = self._plain_get_of(route, request_headers)
+        if known is None:
+            return None
+        try:
+            info = os.lstat(known.path)
+        except OSError:
+            self._forget(route)
+            return None
+        if _identity(info) != known.identity:
+            self._forget(route)
+            return None
+        if known.fd < 0:
+            fd = self._open_known(route, known)
+            if fd < 0:
+                return None
+            held = self._held
+            if len(held) >= OPEN_REMEMBERED:
+                oldest = held.pop(next(iter(held)))
+                os.close(oldest.fd)
+                oldest.fd = -1
+            known.fd = fd
+            held[route] = known
+        return known
+
+    def _plain_get_of(
+        self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> RememberedFile | None:
+        """The remembered file of ``route`` if the request has none of the headers that the
+        full lookup reads (conditional, range, coding)."""
         known = self._known.get(route)
         if known is None:
             return None
         for key, _ in request_headers:
             if key in _WANTED_HEADERS:
                 return None
-        fd = self._open_known(route, known)
-        if fd < 0:
-            return None
-        return fd, known[2], known[1][2]
+        return known
 
-    def _open_known(self, route: str, known: _Known) -> int:
+    def close(self) -> None:
+        """Close the descriptors kept for :meth:`borrow_remembered` (also done at lifespan
+        shutdown); they are opened again as needed."""
+        for known in self._held.values():
+            os.close(known.fd)
+            known.fd = -1
+        self._held.clear()
+
+    def _open_known(self, route: str, known: RememberedFile) -> int:
         """The remembered file opened, if it is still the same file; -1 (and it is forgotten)
         if not.
 
@@ -285,33 +369,35 @@ class StaticFiles:
         a worker thread, never here.
         """
         try:
-            fd = os.open(known[0], self._open_flags)
+            fd = os.open(known.path, self._open_flags)
         except OSError:
-            del self._known[route]
+            self._forget(route)
             return -1
         try:
             info = os.fstat(fd)
         except OSError:
             info = None
         # The same inode is the same kind of file: a regular one, as when it was remembered.
-        if info is None or known[1] != (
-            info.st_ino,
-            info.st_dev,
-            info.st_size,
-            info.st_mtime_ns,
-            info.st_ctime_ns,
-        ):
+        if info is None or _identity(info) != known.identity:
             os.close(fd)
-            del self._known[route]
+            self._forget(route)
             return -1
         return fd
 
     def _remember(self, route: str, path: str, info: os.stat_result, headers: _Headers) -> None:
         known = self._known
-        if len(known) >= REMEMBERED_FILES:
-            del known[next(iter(known))]
-        identity = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        known[route] = (path, identity, tuple(headers))
+        if route in known:
+            self._forget(route)
+        elif len(known) >= REMEMBERED_FILES:
+            self._forget(next(iter(known)))
+        known[route] = RememberedFile(path, _identity(info), tuple(headers))
+
+    def _forget(self, route: str) -> None:
+        known = self._known.pop(route, None)
+        if known is not None and known.fd >= 0:
+            del self._held[route]
+            os.close(known.fd)
+            known.fd = -1
 
     async def _http(
         self, scope: Scope, send: Send, route: str, request: dict[bytes, bytes]

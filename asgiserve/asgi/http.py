@@ -542,53 +542,38 @@ class HTTPCycle:
             return sink.send_file(fd, offset, count, wire_more)
         return None
 
-    def respond_with_file(
-        self, headers: list[tuple[bytes, bytes]], fd: int, count: int
-    ) -> Coroutine[Any, Any, None] | None:
-        """Answer with a 200 whose body is ``count`` bytes of the open file ``fd`` (closed
-        here), without an app: the server's answer to a request for a file it serves itself
-        (``--static``, ``--mount``; see transport/connection.py). The same steps as an app's
-        ``http.response.zerocopysend`` after an ``http.response.start`` whose checks these
-        headers passed when the app sent them: they hold ``content-length: count`` and none
-        of the other headers ``_start`` watches. Returns a coroutine to run when the file must
-        wait for the socket (a slow client, a large file), else None."""
+    def finish_file(
+        self, headers: list[tuple[bytes, bytes]], count: int, fd: int, rest: Awaitable[None]
+    ) -> Coroutine[Any, Any, None]:
+        """Take over a response the server began without an app: a 200 with ``headers``
+        (holding ``content-length: count``), whose head and first bytes of the file ``fd``
+        are sent and whose ``rest`` must wait for the socket (``--static``, ``--mount``; see
+        transport/connection.py). From here on it is what an app's ``http.response.start``
+        and ``http.response.zerocopysend`` would have made: the same completion, failure
+        handling, keep-alive and access log. Returns the coroutine to run as the request's
+        task; it closes ``fd``."""
         self.status = 200
         self.response_headers = headers
         self.content_length = count
-        self.phase = Phase.HEAD
-        try:
-            rest = self._file_part(fd, 0, count, False, Phase.HEAD)
-        except Exception as exc:  # noqa: BLE001 - logged there, as run() logs an app's
-            self._file_response_done(fd, exc)
-            return None
-        if rest is None:
-            self._file_response_done(fd, None)
-            return None
+        self.bytes_sent = count
+        self.phase = Phase.BODY
         return self._finish_file(rest, fd)
 
     async def _finish_file(self, rest: Awaitable[None], fd: int) -> None:
         try:
             await rest
         except asyncio.CancelledError:
-            os.close(fd)
             self._abort_if_unfinished()
             raise
-        except Exception as exc:  # noqa: BLE001 - logged there, as run() logs an app's
-            self._file_response_done(fd, exc)
-        else:
-            self._file_response_done(fd, None)
-        finally:
-            self._unregister()
-
-    def _file_response_done(self, fd: int, exc: Exception | None) -> None:
-        """The end of :meth:`respond_with_file`: the file closed, the response complete (or
-        failed: a 500 if nothing was sent yet, else an abort, as for a failing app)."""
-        os.close(fd)
-        if exc is not None:
+        except Exception as exc:
             logger.error("Exception sending a file", exc_info=exc)
-            self._fail("file send failed")
-        elif self.phase is not Phase.DONE:  # else the client went away meanwhile
-            self._complete()
+            self._fail("file send failed")  # the head is out: an abort
+        else:
+            if self.phase is not Phase.DONE:  # else the client went away meanwhile
+                self._complete()
+        finally:
+            os.close(fd)
+            self._unregister()
 
     @staticmethod
     def _coerce_body(body: Any) -> bytes:

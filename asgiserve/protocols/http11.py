@@ -32,7 +32,9 @@ __all__ = [
     "RequestSink",
     "build_request_head",
     "encode_chunk",
+    "encode_header_block",
     "encode_response_head",
+    "end_of_head",
     "error_response",
 ]
 
@@ -337,16 +339,32 @@ def encode_response_head(
     ``default_headers`` is the already-encoded server/date block (ending in CRLF, may be
     empty); ``framing`` the already-encoded framing and connection headers plus the final CRLF.
     """
+    return b"".join(
+        (status_line(status), default_headers, encode_header_block(headers), framing, body)
+    )
+
+
+def encode_header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Response header lines, each ending in CRLF, checked for CR/LF injection."""
     parts: list[bytes] = []
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-    app_headers = b"".join(parts)
+    block = b"".join(parts)
     # Exactly one CRLF per header: anything more means a name or value smuggled in a line
     # break (response splitting).
     lines = len(parts) >> 2
-    if app_headers.count(b"\n") != lines or app_headers.count(b"\r") != lines:
+    if block.count(b"\n") != lines or block.count(b"\r") != lines:
         raise InvalidResponseHeader("response header name or value contains CR or LF")
-    return b"".join((status_line(status), default_headers, app_headers, framing, body))
+    return block
+
+
+def end_of_head(close: bool, http10: bool) -> bytes:
+    """The connection header (if any) and the blank line that end a response head."""
+    if close:
+        return b"connection: close\r\n\r\n"
+    if http10:
+        return b"connection: keep-alive\r\n\r\n"
+    return b"\r\n"
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
@@ -37,15 +38,18 @@ from asgiserve.asgi.http import (
     HTTPCycle,
     Phase,
 )
-from asgiserve.asgi.scope import ConnectionInfo, http_scope
+from asgiserve.asgi.scope import ConnectionInfo, decode_path, http_scope
 from asgiserve.protocols.errors import ProtocolError
 from asgiserve.protocols.http11 import (
     LAST_CHUNK,
     RequestHead,
     encode_chunk,
+    encode_header_block,
     encode_response_head,
     encode_trailers,
+    end_of_head,
     error_response,
+    status_line,
 )
 from asgiserve.transport.sendfile import SocketFileSender, send_file_buffered
 from asgiserve.transport.state import EAGER_TASKS, start_task
@@ -54,6 +58,7 @@ from asgiserve.transport.tls import tls_extension
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
 
+    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import Message, Receive, Scope, Send
     from asgiserve.transport.state import RememberedFiles, RequestParser, ServerState
 
@@ -62,6 +67,7 @@ logger = logging.getLogger("asgiserve.error")
 __all__ = ["HTTP11Connection"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_OK = status_line(200)
 #: Bytes a cork may hold before they are written anyway.
 CORK_LIMIT = 64 * 1024
 # Offered to every HTTP request (ASGI extensions); HTTPCycle handles the messages.
@@ -280,6 +286,20 @@ class HTTP11Connection(asyncio.Protocol):
                 self.active_head = head
                 self.upgrade_to = upgrade
                 return True
+        files = state.files
+        if (
+            files is not None
+            and self.active is None
+            and not self.queue
+            and self.cork is None
+            and head.method == "GET"
+            and upgrade is None
+            and not head.has_body
+            and self._answer_file(head, files)
+        ):
+            if state.limit_max_requests is not None:
+                self._count_toward_max_requests()
+            return None
         scope = http_scope(
             info, head.method, head.http_version, head.path, head.query, head.headers
         )
@@ -304,13 +324,15 @@ class HTTP11Connection(asyncio.Protocol):
             )
         self.parsing = cycle
         self.queue.append((cycle, head))
-        if state.limit_max_requests is not None and state.total_requests >= (
-            state.limit_max_requests
-        ):
-            on_max = state.on_max_requests
-            if on_max is not None:
-                on_max()
+        if state.limit_max_requests is not None:
+            self._count_toward_max_requests()
         return None
+
+    def _count_toward_max_requests(self) -> None:
+        state = self.state
+        assert state.limit_max_requests is not None
+        if state.total_requests >= state.limit_max_requests and state.on_max_requests:
+            state.on_max_requests()
 
     def on_upgrade(self, rest: bytes) -> None:
         """Hand the transport to a WebSocket or HTTP/2 connection, with the bytes after the
@@ -429,15 +451,17 @@ class HTTP11Connection(asyncio.Protocol):
         if state.access_log is not None:
             self.started_at = self.loop.time()
         limit = state.limit_concurrency
-        coro: Coroutine[Any, Any, None] | None
-        if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
-            coro = cycle.run(_service_unavailable)
-        elif state.files is None:
-            coro = cycle.run(state.app)
+        if limit is not None and self._over_limit(limit):
+            self._run_task(cycle, cycle.run(_service_unavailable))
         else:
-            coro = self._serve_file(cycle, state.files)
-            if coro is None:
-                return  # answered at once
+            self._run_task(cycle, cycle.run(state.app))
+
+    def _over_limit(self, limit_concurrency: int) -> bool:
+        state = self.state
+        return len(state.connections) > limit_concurrency or len(state.tasks) >= limit_concurrency
+
+    def _run_task(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None]) -> None:
+        state = self.state
         task = start_task(self.loop, coro, self.context.copy())
         if not task.done():
             # Tracked for shutdown; the coroutine removes it when it returns.
@@ -445,29 +469,96 @@ class HTTP11Connection(asyncio.Protocol):
             cycle.registry = tasks = state.tasks
             tasks.add(task)
 
-    def _serve_file(
-        self, cycle: HTTPCycle, files: RememberedFiles
-    ) -> Coroutine[Any, Any, None] | None:
-        """``--static``/``--mount``: answer a plain GET of a file served before here, with
-        what the app would send (StaticFiles.open_remembered), without an ASGI round trip:
-        no task, no messages. Returns what is left to run: the app (not such a request), the
-        rest of a file that must wait for the socket, or None (answered)."""
+    def _answer_file(self, head: RequestHead, files: RememberedFiles) -> bool:
+        """``--static``/``--mount``: answer a plain GET of a file served here before with what
+        the app would send (StaticFiles.borrow_remembered), without an ASGI cycle: no scope,
+        no task, no messages; the head and the file go to the socket at once (MSG_MORE, then
+        sendfile). What the socket does not take at once (a slow client, a large file; under
+        TLS, all of it) is handed to an HTTPCycle, which finishes it as an app's response. False
+        when this is not such a request: it goes to the app."""
         state = self.state
-        scope = cycle.scope
-        if scope["method"] != "GET" or not cycle.request_complete:
-            return cycle.run(state.app)
-        route: str = scope["path"]
-        if state.root_path:
-            route = route[len(state.root_path) :]  # asgi/scope.py put it in front
-        ready = files(route, scope["headers"])
-        if ready is None:
-            return cycle.run(state.app)
-        if state.access_log is not None and state.rewrite_scope is not None:
-            # The access log shows the client the app would have seen (the proxy headers'
-            # rewrite changes nothing else that this response depends on).
-            state.rewrite_scope(scope)
-        fd, headers, size = ready
-        return cycle.respond_with_file([*headers], fd, size)
+        limit = state.limit_concurrency
+        if limit is not None and self._over_limit(limit):
+            return False  # _start answers 503
+        remembered = files(decode_path(head.path), head.headers)
+        if remembered is None:
+            return False
+        transport = self.transport
+        assert transport is not None
+        if state.access_log is not None:
+            self.started_at = self.loop.time()
+        close = not head.keep_alive or not self.keep_alive or state.draining
+        block = remembered.encoded_headers
+        if block is None:
+            block = remembered.encoded_headers = encode_header_block(remembered.headers)
+        prefix = b"".join(
+            (_OK, state.default_headers, block, end_of_head(close, head.http_version == "1.0"))
+        )
+        size = remembered.size
+        self.response_chunked = False
+        self.response_close = close
+        sender = self.file_sender
+        if sender is None:
+            sender = self.file_sender = SocketFileSender.for_transport(self.loop, transport)
+        if sender.usable:
+            try:
+                sent = sender.send_now(remembered.fd, 0, size, prefix)
+            except Exception:  # the file's fault (it shrank, EIO): the head may be out
+                logger.exception("Exception sending a file")
+                sent = -1
+            if sent < 0:
+                self._file_lost()
+                return True
+            if sent == size:
+                self._file_answered(head, remembered)
+                return True
+            fd = os.dup(remembered.fd)  # remembered.fd is only lent until we return
+            rest = self._send_rest(sender, fd, sent, size - sent, False)
+        else:
+            transport.write(prefix)
+            fd = os.dup(remembered.fd)
+            rest = send_file_buffered(self, fd, 0, size, False)
+        cycle = HTTPCycle(
+            self._scope_for_log(head),
+            self,
+            expect_continue=False,
+            has_body=False,
+            on_complete=self._on_response_complete,
+        )
+        self.active = cycle
+        self.active_head = head
+        self.deadline = 0.0
+        self.deadline_kind = _Deadline.NONE
+        self._run_task(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
+        return True
+
+    def _file_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
+        """The end of a response :meth:`_answer_file` completed at once: what
+        :meth:`_on_response_complete` does for the others."""
+        self.responses_done += 1
+        state = self.state
+        access_log = state.access_log
+        if access_log is not None:
+            scope = self._scope_for_log(head)
+            access_log(scope, 200, remembered.size, self.started_at, [*remembered.headers])
+        if self.response_close:
+            self._close()
+        else:
+            self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
+
+    def _scope_for_log(self, head: RequestHead) -> Scope:
+        """The scope of a request the server answers without the app, as the access log
+        shows it: with the client the app would have seen (the proxy headers' rewrite
+        changes nothing else that such a response depends on)."""
+        info = self.info
+        assert info is not None
+        scope = http_scope(
+            info, head.method, head.http_version, head.path, head.query, head.headers
+        )
+        rewrite = self.state.rewrite_scope
+        if rewrite is not None:
+            rewrite(scope)
+        return scope
 
     def _on_response_complete(self, cycle: HTTPCycle) -> None:
         if cycle is not self.active:
@@ -556,12 +647,7 @@ class HTTP11Connection(asyncio.Protocol):
         else:
             chunked = True
             framing = b"" if app_chunked else b"transfer-encoding: chunked\r\n"
-        if close:
-            framing += b"connection: close\r\n\r\n"
-        elif http10:
-            framing += b"connection: keep-alive\r\n\r\n"
-        else:
-            framing += b"\r\n"
+        framing += end_of_head(close, http10)
         self.response_chunked = chunked
         self.response_close = close
         if chunked:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import ASGIApp, Scope
     from asgiserve.logging import AccessLog
     from asgiserve.protocols.http11 import RequestSink
@@ -66,11 +67,11 @@ else:
 
 
 class RememberedFiles(Protocol):
-    """``StaticFiles.open_remembered`` (apps/static.py), or the same through ``Mounts``."""
+    """``StaticFiles.borrow_remembered`` (apps/static.py), or the same through ``Mounts``."""
 
     def __call__(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]], /
-    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None: ...
+    ) -> RememberedFile | None: ...
 
 
 class ServerState:
