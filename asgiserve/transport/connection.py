@@ -492,7 +492,12 @@ class HTTP11Connection(asyncio.Protocol):
         if block is None:
             block = remembered.encoded_headers = encode_header_block(remembered.headers)
         prefix = b"".join(
-            (_OK, state.default_headers, block, end_of_head(close, head.http_version == "1.0"))
+            (
+                _OK,
+                state.default_headers,
+                block,
+                end_of_head(close, head.http_version == "1.0"),
+            )
         )
         size = remembered.size
         self.response_chunked = False
@@ -647,7 +652,13 @@ class HTTP11Connection(asyncio.Protocol):
         else:
             chunked = True
             framing = b"" if app_chunked else b"transfer-encoding: chunked\r\n"
-        framing += end_of_head(close, http10)
+        # end_of_head(), inlined: every response passes here.
+        if close:
+            framing += b"connection: close\r\n\r\n"
+        elif http10:
+            framing += b"connection: keep-alive\r\n\r\n"
+        else:
+            framing += b"\r\n"
         self.response_chunked = chunked
         self.response_close = close
         if chunked:
