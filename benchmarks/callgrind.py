@@ -13,6 +13,11 @@ interpreter start-up, imports and warm-up exactly.
     python benchmarks/callgrind.py --http h11 --pipeline 16
     python benchmarks/callgrind.py --max 150000          # exit 1 above this (CI guard)
     python benchmarks/callgrind.py --no-valgrind         # run the driver only (smoke test)
+    python benchmarks/callgrind.py --test static         # --static's own answer, 50 KiB file
+
+``--test static`` drives the connection over a real loopback TCP socket (sendfile needs one),
+with the server's own answer to a remembered file (``--static``); the kernel's share of the
+sends is not counted, only the user-space instructions around them.
 
 This touches asgiserve internals (ServerState, HTTP11Connection, the parser factory); they are
 not a stable API, so when they change, only ``make_connection`` below needs to follow.
@@ -26,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,6 +114,75 @@ class FakeTransport(asyncio.Transport):
         return False
 
 
+class SocketTransport(FakeTransport):
+    """A transport over a real connected TCP socket, for the sendfile path (``static``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(b"")
+        self.sock = sock
+        self._extra["socket"] = sock
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.sendall(data)
+
+
+STATIC_FILE = "file50k.bin"
+STATIC_SIZE = 50 * 1024
+STATIC_REQUEST = b"GET /file50k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+
+
+async def drive_static(requests: int, http: str) -> dict[str, Any]:
+    """``--static``: each request answered by the connection itself from a kept descriptor."""
+    from asgiserve.apps.static import StaticFiles
+
+    loop = asyncio.get_running_loop()
+    folder = tempfile.mkdtemp(prefix="asgiserve-callgrind-")
+    with open(os.path.join(folder, STATIC_FILE), "wb") as f:
+        f.write(os.urandom(STATIC_SIZE))
+    app = StaticFiles(folder)
+    conn = make_connection(app, http, loop)
+    conn.state.files = app.borrow_remembered
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_sock, _ = listener.accept()
+    server_sock.setblocking(False)
+    client.setblocking(False)
+    transport = SocketTransport(server_sock)
+    conn.connection_made(transport)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    response_size = 0
+    bytes_out = 0
+
+    async def one() -> int:
+        conn.data_received(STATIC_REQUEST)
+        got = 0
+        while True:
+            try:
+                got += client.recv_into(view[got:])
+            except BlockingIOError:
+                if response_size and got >= response_size:
+                    return got
+                head_end = bytes(view[: min(got, 4096)]).find(b"\r\n\r\n")
+                if response_size == 0 and head_end >= 0 and got >= head_end + 4 + STATIC_SIZE:
+                    return got
+                await asyncio.sleep(0)
+
+    response_size = await one()  # through the app: the file is remembered
+    for _ in range(WARMUP):
+        bytes_out += await one()
+    responses = 0
+    for _ in range(requests):
+        bytes_out += await one()
+        responses += 1
+    conn.connection_lost(None)
+    for sock in (client, server_sock):
+        sock.close()
+    app.close()
+    shutil.rmtree(folder)
+    return {"responses": responses, "bytes_out": bytes_out}
+
+
 def make_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any:
     """Build asgiserve's HTTP/1.1 protocol object the way the server does."""
     from asgiserve.loading import parser_factory
@@ -161,6 +236,8 @@ async def drive(
     from benchmarks import apps
 
     loop = asyncio.get_running_loop()
+    if test == "static":
+        return await drive_static(requests, http)
     if test in WS_SIZES:
         # Websocket echo: upgrade once, then each "request" is one masked text frame whose
         # echo (unmasked) carries the payload verbatim.
@@ -314,7 +391,9 @@ def measure(args: argparse.Namespace, n: int, tmp: Path) -> tuple[int, dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--http", default="httptools", choices=["httptools", "h11"])
-    p.add_argument("--test", default="hello", choices=["hello", "json", "echo", *WS_SIZES])
+    p.add_argument(
+        "--test", default="hello", choices=["hello", "json", "echo", "static", *WS_SIZES]
+    )
     p.add_argument("--pipeline", type=int, default=1, help="requests per data_received call")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     p.add_argument(

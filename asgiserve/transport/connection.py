@@ -515,7 +515,14 @@ class HTTP11Connection(asyncio.Protocol):
                 self._file_lost()
                 return True
             if sent == size:
-                self._file_answered(head, remembered)
+                # The response is complete: what _on_response_complete does for the others.
+                self.responses_done += 1
+                if state.access_log is not None:
+                    self._log_answered(head, remembered)
+                if close:
+                    self._close()
+                else:
+                    self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
                 return True
             fd = os.dup(remembered.fd)  # remembered.fd is only lent until we return
             rest = self._send_rest(sender, fd, sent, size - sent, False)
@@ -537,19 +544,11 @@ class HTTP11Connection(asyncio.Protocol):
         self._run_task(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
         return True
 
-    def _file_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
-        """The end of a response :meth:`_answer_file` completed at once: what
-        :meth:`_on_response_complete` does for the others."""
-        self.responses_done += 1
-        state = self.state
-        access_log = state.access_log
-        if access_log is not None:
-            scope = self._scope_for_log(head)
-            access_log(scope, 200, remembered.size, self.started_at, [*remembered.headers])
-        if self.response_close:
-            self._close()
-        else:
-            self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
+    def _log_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
+        access_log = self.state.access_log
+        assert access_log is not None
+        scope = self._scope_for_log(head)
+        access_log(scope, 200, remembered.size, self.started_at, [*remembered.headers])
 
     def _scope_for_log(self, head: RequestHead) -> Scope:
         """The scope of a request the server answers without the app, as the access log

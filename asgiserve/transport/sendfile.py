@@ -200,8 +200,10 @@ class SocketFileSender:
             if sent < len(prefix):
                 # Behind what the transport holds, or what the socket did not take.
                 transport.write(prefix[sent:] if sent else prefix)
-        if transport.get_write_buffer_size():
-            return 0  # what the transport holds goes first: send() waits for it
+                if transport.get_write_buffer_size():
+                    return 0  # what the transport holds goes first: send() waits for it
+        elif transport.get_write_buffer_size():
+            return 0
         try:
             sent = os.sendfile(self.sock_fd, fd, offset, min(count, SENDFILE_CHUNK))
         except (BlockingIOError, InterruptedError):
