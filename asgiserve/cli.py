@@ -296,6 +296,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="With --static/--mount: serve symbolic links that point outside the folder.",
 )
 @click.option(
+    "--static-open-files",
+    type=int,
+    default=_default("static_open_files"),
+    show_default=True,
+    metavar="N",
+    help="With --static/--mount: files per folder kept open, so that the server answers a "
+    "plain GET of them without opening them (0: none).",
+)
+@click.option(
     "--factory",
     is_flag=True,
     default=_default("factory"),

@@ -246,6 +246,9 @@ class Config:
     mounts: tuple[str, ...] = ()
     #: For ``static`` and ``mounts``: serve symbolic links that point outside the folder.
     follow_symlinks: bool = False
+    #: For ``static`` and ``mounts``: how many files per folder keep a descriptor open so the
+    #: server answers them without opening them (0: none; each request then runs the app).
+    static_open_files: int = 64
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     websocket: WebSocket = field(default_factory=WebSocket)
@@ -462,6 +465,9 @@ def _validate_static(config: Config) -> None:
         raise ConfigError(f"static must be a folder path, got {config.static!r}")
     if not isinstance(config.mounts, tuple) or not all(isinstance(m, str) for m in config.mounts):
         raise ConfigError("mounts must be a list of PREFIX=DIR strings")
+    open_files = config.static_open_files
+    if isinstance(open_files, bool) or not isinstance(open_files, int) or open_files < 0:
+        raise ConfigError(f"static_open_files must be a whole number >= 0, got {open_files!r}")
     prefixes = [parse_mount(mount)[0] for mount in config.mounts]
     for prefix in prefixes:
         if prefixes.count(prefix) > 1:

@@ -116,7 +116,10 @@ def _static_files(option: str, directory: str, config: Config, *, listing: bool)
 
     try:
         return StaticFiles(
-            os.path.abspath(directory), listing=listing, follow_symlinks=config.follow_symlinks
+            os.path.abspath(directory),
+            listing=listing,
+            follow_symlinks=config.follow_symlinks,
+            open_files=config.static_open_files,
         )
     except OSError:
         raise LoadError(f"{option}: no such folder") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import gzip
 import logging
@@ -1231,11 +1232,8 @@ def held_descriptors(folder: Path) -> list[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
-def test_answered_files_keep_a_bounded_number_of_descriptors(
-    serve: Any, site: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(static_module, "OPEN_REMEMBERED", 2)
-    server = serve(None, static=str(site), lifespan="on")
+def test_answered_files_keep_a_bounded_number_of_descriptors(serve: Any, site: Path) -> None:
+    server = serve(None, static=str(site), lifespan="on", static_open_files=2)
     names = ("data.bin", "app.js", "sub/page.txt")
     for _ in range(2):  # the first GET of each remembers it, the second borrows it
         for name in names:
@@ -1247,6 +1245,52 @@ def test_answered_files_keep_a_bounded_number_of_descriptors(
     assert held_descriptors(site) == [str(site / "sub" / "page.txt")]
     server.stop()  # lifespan shutdown closes the rest
     assert held_descriptors(site) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_no_descriptors_are_kept_with_static_open_files_0(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    server = serve(None, static=str(site), static_open_files=0)
+    for _ in range(3):
+        assert plain_get(server, "/data.bin")[2] == DATA
+    assert held_descriptors(site) == []
+    assert app_calls == ["/data.bin"] * 3  # the app answers each, opening the file itself
+
+
+def test_a_failing_file_send_aborts_that_response_only(
+    serve: Any, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk error (or a file cut short between the check and the send) while the server
+    # answers on its own: logged, that connection aborted, the server goes on.
+    errors: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = Capture()
+    logging.getLogger("asgiserve.error").addHandler(handler)
+    try:
+        server = serve(None, static=str(site))
+        assert plain_get(server, "/data.bin")[2] == DATA  # remembered
+        real_sendfile = os.sendfile
+
+        def failing(*args: Any) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "sendfile", failing)
+        client = RawClient(server.port)
+        try:
+            client.send(b"GET /data.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert DATA not in client.recv_until_closed()
+        finally:
+            client.close()
+        monkeypatch.setattr(os, "sendfile", real_sendfile)
+        assert plain_get(server, "/data.bin")[2] == DATA
+    finally:
+        logging.getLogger("asgiserve.error").removeHandler(handler)
+    assert errors == ["Exception sending a file"]
 
 
 def test_a_remembered_file_replaced_by_another_is_served_fresh(
@@ -1493,6 +1537,8 @@ def test_config_static_and_mounts_are_validated(tmp_path: Path) -> None:
         ({"mounts": ["/static"]}, "expected PREFIX=DIR"),
         ({"mounts": ["/=dir"]}, "use static"),
         ({"mounts": ["/a=x", "/a=y"]}, "more than once"),
+        ({"static": "dir", "static_open_files": -1}, "static_open_files must be"),
+        ({"static": "dir", "static_open_files": 1.5}, "static_open_files must be"),
     ]:
         app = options.pop("app", None if "mounts" not in options else "m:a")
         with pytest.raises(ConfigError, match=message):

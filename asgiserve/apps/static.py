@@ -49,8 +49,9 @@ identity check, made with one ``lstat`` of the remembered path, against a descri
 keeps open for the file. Opening, checking and closing a file per request cost more than the
 rest of the server's answer (measured: a third of the request's CPU). The kept descriptor pins
 the inode, so its number cannot be reused while we hold it: a path whose ``lstat`` shows that
-device, inode, size and times still names that file, unchanged. At most
-:data:`OPEN_REMEMBERED` files are kept open; a forgotten file's descriptor is closed with it.
+device, inode, size and times still names that file, unchanged. At most ``open_files``
+files are kept open (``--static-open-files``, default :data:`OPEN_REMEMBERED`); a forgotten
+file's descriptor is closed with it.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ _ALLOW = b"GET, HEAD"
 #: Files whose response head is remembered (see the module docstring); the oldest is forgotten
 #: first.
 REMEMBERED_FILES = 1024
-#: Remembered files that also keep a descriptor open for the server (borrow_remembered); the
-#: one opened first is closed first. Small next to the usual limit of 1024 descriptors.
+#: The default of ``open_files``: remembered files that also keep a descriptor open for the
+#: server (borrow_remembered); the one opened first is closed first. Small next to the usual
+#: limit of 1024 descriptors.
 OPEN_REMEMBERED = 64
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # Segments that start with a dot are hidden, except RFC 8615's well-known URIs, which exist to
@@ -173,6 +175,12 @@ class RememberedFile:
         self.encoded_headers: bytes | None = None
 
 
+def _let_go(known: RememberedFile) -> None:
+    """Close the descriptor a remembered file keeps (see StaticFiles.borrow_remembered)."""
+    os.close(known.fd)
+    known.fd = -1
+
+
 def _identity(info: os.stat_result) -> _Identity:
     return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
@@ -193,6 +201,8 @@ class StaticFiles:
         browsers revalidate each time, which the ETag turns into a cheap 304.
     :param precompressed: serve ``FILE.br``/``FILE.gz`` when the client accepts them.
     :param check_dir: raise at construction if ``directory`` is not a folder.
+    :param open_files: how many remembered files keep a descriptor open for
+        :meth:`borrow_remembered` (0: none, and it always answers None).
     """
 
     def __init__(
@@ -207,6 +217,7 @@ class StaticFiles:
         precompressed: bool = True,
         index: str = "index.html",
         check_dir: bool = True,
+        open_files: int = OPEN_REMEMBERED,
     ) -> None:
         self.directory = os.fspath(directory)
         # Resolved once: every path served must be below this one.
@@ -226,6 +237,7 @@ class StaticFiles:
         self._open_flags = _OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
         self._types: dict[str, bytes] = {}
         self._dates: dict[int, bytes] = {}
+        self.open_files = open_files
         self._known: dict[str, RememberedFile] = {}
         #: The remembered files holding a descriptor, oldest first (at most OPEN_REMEMBERED).
         self._held: dict[str, RememberedFile] = {}
@@ -334,14 +346,14 @@ class StaticFiles:
             self._forget(route)
             return None
         if known.fd < 0:
+            held = self._held
+            if len(held) >= self.open_files:
+                if not held:
+                    return None  # open_files=0: the app answers, opening the file each time
+                _let_go(held.pop(next(iter(held))))
             fd = self._open_known(route, known)
             if fd < 0:
                 return None
-            held = self._held
-            if len(held) >= OPEN_REMEMBERED:
-                oldest = held.pop(next(iter(held)))
-                os.close(oldest.fd)
-                oldest.fd = -1
             known.fd = fd
             held[route] = known
         return known
@@ -363,8 +375,7 @@ class StaticFiles:
         """Close the descriptors kept for :meth:`borrow_remembered` (also done at lifespan
         shutdown); they are opened again as needed."""
         for known in self._held.values():
-            os.close(known.fd)
-            known.fd = -1
+            _let_go(known)
         self._held.clear()
 
     def _open_known(self, route: str, known: RememberedFile) -> int:
@@ -403,8 +414,7 @@ class StaticFiles:
         known = self._known.pop(route, None)
         if known is not None and known.fd >= 0:
             del self._held[route]
-            os.close(known.fd)
-            known.fd = -1
+            _let_go(known)
 
     async def _http(
         self, scope: Scope, send: Send, route: str, request: dict[bytes, bytes]

@@ -482,9 +482,40 @@ class HTTPCycle:
                 count = max(info.st_size - offset, 0)
             # With a count, no fstat (a cost per response): a file shorter than that, or
             # not a regular file, fails in the sink and the response is aborted.
-            rest = self._file_part(fd, offset, count, more_body, phase)
-            if rest is not None:
-                await rest
+            wire_more = more_body or self.trailers_expected
+            if (
+                phase is Phase.HEAD
+                and not wire_more
+                and self.content_length is None
+                and self.status not in _NO_BODY_STATUSES
+            ):
+                # The whole body is this file: announce its length (also for HEAD, RFC 9110
+                # section 9.3.2) rather than chunk it.
+                self.content_length = count
+                self.response_headers = [
+                    *self.response_headers,
+                    (b"content-length", b"%d" % count),
+                ]
+            self._count_length(count, more_body)
+            sink = self.sink
+            sending = count > 0 and self.body_allowed
+            with_head: Callable[..., Awaitable[None] | None] | None = None
+            if phase is Phase.HEAD:
+                if sending:
+                    # An optional sink method (see ResponseSink): the head can leave
+                    # together with the file's first bytes.
+                    with_head = getattr(sink, "send_head_with_file", None)
+                if with_head is None:
+                    sink.send_head(self, b"", wire_more or sending)
+                self.phase = Phase.BODY
+            elif not sending and not wire_more:
+                sink.send_body(b"", False)
+            if with_head is not None:
+                rest = with_head(self, fd, offset, count, wire_more)
+                if rest is not None:
+                    await rest
+            elif sending:
+                await sink.send_file(fd, offset, count, wire_more)
             if reposition:
                 os.lseek(fd, offset + count, os.SEEK_SET)
         finally:
@@ -497,50 +528,10 @@ class HTTPCycle:
                 self.phase = Phase.TRAILERS
             else:
                 self._complete()
-        elif self.sink.writing_paused:
-            await self.sink.drain()
+        elif sink.writing_paused:
+            await sink.drain()
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
-
-    def _file_part(
-        self, fd: int, offset: int, count: int, more_body: bool, phase: Phase
-    ) -> Awaitable[None] | None:
-        """Send (or start sending) a body part of ``count`` bytes of ``fd``, with the head
-        if it is still due; what is left to wait for, or None when the kernel has it all."""
-        wire_more = more_body or self.trailers_expected
-        if (
-            phase is Phase.HEAD
-            and not wire_more
-            and self.content_length is None
-            and self.status not in _NO_BODY_STATUSES
-        ):
-            # The whole body is this file: announce its length (also for HEAD, RFC 9110
-            # section 9.3.2) rather than chunk it.
-            self.content_length = count
-            self.response_headers = [
-                *self.response_headers,
-                (b"content-length", b"%d" % count),
-            ]
-        self._count_length(count, more_body)
-        sink = self.sink
-        sending = count > 0 and self.body_allowed
-        with_head: Callable[..., Awaitable[None] | None] | None = None
-        if phase is Phase.HEAD:
-            if sending:
-                # An optional sink method (see ResponseSink): the head can leave
-                # together with the file's first bytes.
-                with_head = getattr(sink, "send_head_with_file", None)
-            if with_head is None:
-                sink.send_head(self, b"", wire_more or sending)
-            self.phase = Phase.BODY
-        elif not sending and not wire_more:
-            sink.send_body(b"", False)
-        if with_head is not None:
-            rest: Awaitable[None] | None = with_head(self, fd, offset, count, wire_more)
-            return rest
-        if sending:
-            return sink.send_file(fd, offset, count, wire_more)
-        return None
 
     def finish_file(
         self, headers: list[tuple[bytes, bytes]], count: int, fd: int, rest: Awaitable[None]

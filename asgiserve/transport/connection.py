@@ -515,7 +515,9 @@ class HTTP11Connection(asyncio.Protocol):
                 self._file_lost()
                 return True
             if sent == size:
-                # The response is complete: what _on_response_complete does for the others.
+                # The response is complete: what _on_response_complete does for the others,
+                # where nothing waits (no queue, no cork, no partial head, reading on), so
+                # what is left of it is the keep-alive deadline.
                 self.responses_done += 1
                 if state.access_log is not None:
                     self._log_answered(head, remembered)

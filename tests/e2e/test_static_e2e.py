@@ -4,6 +4,7 @@ checked with httpx, curl, raw sockets and headless Chromium."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import socket
@@ -178,6 +179,7 @@ def test_mount_of_a_missing_folder_exits_with_a_message(tmp_path: Path) -> None:
         (("tests.apps:app", "--static", "."), "give an app or static"),
         (("tests.apps:app", "--mount", "static=."), "must start with '/'"),
         (("tests.apps:app", "--mount", "/static"), "expected PREFIX=DIR"),
+        (("--static", ".", "--static-open-files", "-1"), "static_open_files must be"),
     ],
 )
 def test_bad_static_options_are_usage_errors(args: tuple[str, ...], message: str) -> None:
@@ -190,6 +192,20 @@ def test_static_runs_under_workers(cli: Any, site: Path) -> None:
     server = cli("--static", str(site), "--workers", "2")
     for _ in range(4):
         assert httpx.get(server.url + "/data.bin").content == DATA
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_static_open_files_bounds_the_descriptors_kept(cli: Any, site: Path) -> None:
+    server = cli("--static", str(site), "--static-open-files", "1")
+    for _ in range(2):
+        for name in (b"/data.bin", b"/style.css"):
+            # No Accept-Encoding (httpx sends one): the server answers these itself.
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % name)
+                assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+    fds = f"/proc/{server.process.pid}/fd"
+    held = [t for t in (os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)) if str(site) in t]
+    assert len(held) == 1
 
 
 def test_follow_symlinks_serves_links_leading_outside(
