@@ -239,7 +239,7 @@ class StaticFiles:
         self._dates: dict[int, bytes] = {}
         self.open_files = open_files
         self._known: dict[str, RememberedFile] = {}
-        #: The remembered files holding a descriptor, oldest first (at most OPEN_REMEMBERED).
+        #: The remembered files holding a descriptor, oldest first (at most ``open_files``).
         self._held: dict[str, RememberedFile] = {}
 
     # -- ASGI ----------------------------------------------------------------------------------
