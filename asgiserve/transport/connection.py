@@ -446,28 +446,28 @@ class HTTP11Connection(asyncio.Protocol):
         self._flush_cork()
         self.cork = None
 
-    def _start(self, cycle: HTTPCycle) -> None:
+    def _start(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None] | None = None) -> None:
+        """Run the app for ``cycle`` in a task, or ``coro``: the rest of a response the server
+        began itself (_answer_file)."""
         state = self.state
-        if state.access_log is not None:
-            self.started_at = self.loop.time()
-        limit = state.limit_concurrency
-        if limit is not None and self._over_limit(limit):
-            self._run_task(cycle, cycle.run(_service_unavailable))
-        else:
-            self._run_task(cycle, cycle.run(state.app))
-
-    def _over_limit(self, limit_concurrency: int) -> bool:
-        state = self.state
-        return len(state.connections) > limit_concurrency or len(state.tasks) >= limit_concurrency
-
-    def _run_task(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None]) -> None:
-        state = self.state
+        if coro is None:
+            if state.access_log is not None:
+                self.started_at = self.loop.time()
+            app = state.app
+            limit = state.limit_concurrency
+            if limit is not None and self._over_limit(limit):
+                app = _service_unavailable
+            coro = cycle.run(app)
         task = start_task(self.loop, coro, self.context.copy())
         if not task.done():
             # Tracked for shutdown; the coroutine removes it when it returns.
             cycle.task = task
             cycle.registry = tasks = state.tasks
             tasks.add(task)
+
+    def _over_limit(self, limit_concurrency: int) -> bool:
+        state = self.state
+        return len(state.connections) > limit_concurrency or len(state.tasks) >= limit_concurrency
 
     def _answer_file(self, head: RequestHead, files: RememberedFiles) -> bool:
         """``--static``/``--mount``: answer a plain GET of a file served here before with what
@@ -543,7 +543,7 @@ class HTTP11Connection(asyncio.Protocol):
         self.active_head = head
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        self._run_task(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
+        self._start(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
         return True
 
     def _log_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
