@@ -572,6 +572,22 @@ def test_error_for_a_pipelined_request_comes_after_earlier_responses(server: Any
     assert client.closed()
 
 
+def test_every_request_read_before_a_malformed_one_is_answered(server: Any, raw: Any) -> None:
+    # Not only the one being served: those queued behind it too, kept alive, then the error.
+    client = raw(server.port)
+    client.send(
+        get(server.port, "/slow?s=0.2")
+        + get(server.port, "/")
+        + get(server.port, "/")
+        + b"GET / HTTP/1.1\r\nHost : bad\r\n\r\n"
+    )
+    responses = [client.read_response() for _ in range(3)]
+    assert [r.body for r in responses] == [b"slow done", b"Hello, world!", b"Hello, world!"]
+    assert [r.header(b"connection") for r in responses] == [None, None, None]
+    assert client.read_response().status == 400
+    assert client.closed()
+
+
 def test_broken_chunked_body_gets_400(server: Any, raw: Any) -> None:
     client = raw(server.port)
     client.send(

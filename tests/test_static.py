@@ -37,6 +37,7 @@ from asgiserve.apps.static import (
     route_path,
 )
 from asgiserve.config import Config, ConfigError
+from asgiserve.transport.connection import HTTP11Connection
 from asgiserve.transport.sendfile import FileEndedEarly, SocketFileSender, send_file_buffered
 from tests.conftest import RawClient
 
@@ -1256,6 +1257,135 @@ def test_no_descriptors_are_kept_with_static_open_files_0(
         assert plain_get(server, "/data.bin")[2] == DATA
     assert held_descriptors(site) == []
     assert app_calls == ["/data.bin"] * 3  # the app answers each, opening the file itself
+
+
+def get_request(target: bytes) -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def send_in_one_turn(server: Any, sends: list[tuple[RawClient, bytes]]) -> None:
+    """Send each of ``sends`` on its (already accepted) connection while the server's event
+    loop is held up, so that the server reads them all in the same turn of its loop."""
+    holding = threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        time.sleep(0.3)
+
+    server.call(hold)
+    assert holding.wait(5)
+    for client, data in sends:
+        client.send(data)
+
+
+@pytest.fixture
+def sent_answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """For each answer the server sends itself: whether it waited for the end of the loop's
+    turn, and how many requests the server had read by then."""
+    sent: list[tuple[bool, int]] = []
+    original = HTTP11Connection._send_answer
+
+    def observed(self: HTTP11Connection, *args: Any) -> None:
+        sent.append((len(args) > 4 and args[4], self.state.total_requests))
+        original(self, *args)
+
+    monkeypatch.setattr(HTTP11Connection, "_send_answer", observed)
+    return sent
+
+
+def test_answers_made_in_one_turn_of_the_loop_are_sent_together(
+    serve: Any, site: Path, backend: Any, sent_answers: list[tuple[bool, int]]
+) -> None:
+    # The first goes out at once; the others wait until every request read in that turn has
+    # been answered, then go out one after the other (one wake-up of the client per burst).
+    server = serve(None, static=str(site))
+    clients = [RawClient(server.port) for _ in range(5)]
+    try:
+        for client in clients:  # accepted, and data.bin remembered
+            client.send(get_request(b"/data.bin"))
+            assert client.read_response().body == DATA
+        del sent_answers[:]
+        send_in_one_turn(server, [(client, get_request(b"/data.bin")) for client in clients])
+        for client in clients:
+            response = client.read_response()
+            assert (response.status, response.body) == (200, DATA)
+        # Kept alive: the next request on each is answered too.
+        for client in clients:
+            client.send(get_request(b"/app.js"))
+            assert client.read_response().body == (site / "app.js").read_bytes()
+    finally:
+        for client in clients:
+            client.close()
+    assert sent_answers[:5] == [(False, 6)] + [(True, 10)] * 4
+
+
+def test_a_waiting_answer_whose_descriptor_was_let_go_is_answered_by_the_app(
+    serve: Any, site: Path, app_calls: list[str], sent_answers: list[tuple[bool, int]]
+) -> None:
+    # One descriptor kept: in one turn each request for the other file closes the one before,
+    # so the descriptor an answer was made with may be closed (its number even reused) by
+    # the time the answer is sent. It must never be used then.
+    server = serve(None, static=str(site), static_open_files=1)
+    script = (site / "app.js").read_bytes()
+    targets = [b"/data.bin", b"/app.js", b"/data.bin", b"/app.js"]
+    clients = [RawClient(server.port) for _ in targets]
+    try:
+        for client, target in zip(clients, targets, strict=True):
+            client.send(get_request(target))
+            client.read_response()
+        del app_calls[:]
+        send_in_one_turn(
+            server,
+            [
+                (client, get_request(target))
+                for client, target in zip(clients, targets, strict=True)
+            ],
+        )
+        bodies = [client.read_response().body for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+    assert bodies == [DATA, script, DATA, script]
+    assert [waited for waited, _ in sent_answers[-4:]] == [False, True, True, True]
+    # Whatever order the server read them in, the last request closed the other file's
+    # descriptor: the app answered the waiting requests for that file.
+    assert app_calls and len(set(app_calls)) == 1 and app_calls[0] in ("/data.bin", "/app.js")
+    assert len(held_descriptors(site)) == 1
+
+
+def test_requests_pipelined_behind_a_waiting_answer_come_after_it(
+    serve: Any, site: Path, sent_answers: list[tuple[bool, int]]
+) -> None:
+    server = serve(None, static=str(site))
+    first, second = RawClient(server.port), RawClient(server.port)
+    try:
+        for client, target in ((first, b"/data.bin"), (second, b"/app.js")):
+            client.send(get_request(target))
+            client.read_response()
+        send_in_one_turn(
+            server,
+            [
+                (first, get_request(b"/data.bin")),
+                (
+                    second,
+                    get_request(b"/app.js")
+                    + get_request(b"/sub/page.txt")
+                    + b"GET /app.js HTTP/1.1\r\n\r\n",  # no Host: 400
+                ),
+            ],
+        )
+        assert first.read_response().body == DATA
+        responses = [second.read_response() for _ in range(3)]
+        assert second.closed()
+    finally:
+        first.close()
+        second.close()
+    assert [(r.status, r.body) for r in responses[:2]] == [
+        (200, (site / "app.js").read_bytes()),
+        (200, b"sub page"),
+    ]
+    assert responses[2].status == 400
+    assert sent_answers[-2][0] is False and sent_answers[-1][0] is True
 
 
 def test_a_failing_file_send_aborts_that_response_only(

@@ -94,10 +94,25 @@ def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:
     return None
 
 
+def _send_answers(state: ServerState) -> None:
+    """The end of a turn of the loop that answered files: send the answers that waited."""
+    batch = state.answer_batch
+    state.answer_batch = None
+    if not batch:
+        return
+    for connection, head, remembered, prefix, close in batch:
+        try:
+            connection._send_answer(head, remembered, prefix, close, True)
+        except Exception:  # a bug: lose this connection, not the others' answers
+            logger.exception("Exception sending a response")
+            connection.abort()
+
+
 class HTTP11Connection(asyncio.Protocol):
     __slots__ = (
         "active",
         "active_head",
+        "answering",
         "body_paused",
         "closing",
         "context",
@@ -140,6 +155,9 @@ class HTTP11Connection(asyncio.Protocol):
         #: The request whose response is being produced.
         self.active: HTTPCycle | None = None
         self.active_head: RequestHead | None = None
+        #: The server's own answer to the request (_answer_file) waits in the answer batch:
+        #: the connection is as busy as with an active request.
+        self.answering = False
         #: The request whose body the parser is reading (the active one or the last queued).
         self.parsing: HTTPCycle | None = None
         self.discarding = False
@@ -269,7 +287,7 @@ class HTTP11Connection(asyncio.Protocol):
         info = self.info
         assert info is not None
         upgrade = head.upgrade
-        if upgrade is not None and self.active is None and not self.queue:
+        if upgrade is not None and self.active is None and not self.queue and not self.answering:
             if upgrade == b"websocket" and state.websocket is not None:
                 # Switch protocols once the parser has the request; see on_upgrade.
                 self.active_head = head
@@ -290,6 +308,7 @@ class HTTP11Connection(asyncio.Protocol):
         if (
             files is not None
             and self.active is None
+            and not self.answering
             and not self.queue
             and self.cork is None
             and head.method == "GET"
@@ -403,7 +422,7 @@ class HTTP11Connection(asyncio.Protocol):
         if len(queue) > 1 and self.cork is None:
             self.cork = cork = []
         try:
-            while self.active is None and queue and not self.closing:
+            while self.active is None and queue and not self.closing and not self.answering:
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
@@ -472,10 +491,17 @@ class HTTP11Connection(asyncio.Protocol):
     def _answer_file(self, head: RequestHead, files: RememberedFiles) -> bool:
         """``--static``/``--mount``: answer a plain GET of a file served here before with what
         the app would send (StaticFiles.borrow_remembered), without an ASGI cycle: no scope,
-        no task, no messages; the head and the file go to the socket at once (MSG_MORE, then
+        no task, no messages; the head and the file go to the socket together (MSG_MORE, then
         sendfile). What the socket does not take at once (a slow client, a large file; under
         TLS, all of it) is handed to an HTTPCycle, which finishes it as an app's response. False
-        when this is not such a request: it goes to the app."""
+        when this is not such a request: it goes to the app.
+
+        The first such answer in a turn of the event loop is sent at once; those for the other
+        connections read in the same turn wait in ``state.answer_batch`` and are sent one after
+        the other at the end of it (_send_answers). A client process waiting for the responses
+        (a proxy in front of us, a load generator) is then woken once per burst rather than
+        once per response, which on a busy server costs more kernel time than the send itself.
+        """
         state = self.state
         limit = state.limit_concurrency
         if limit is not None and self._over_limit(limit):
@@ -483,8 +509,6 @@ class HTTP11Connection(asyncio.Protocol):
         remembered = files(decode_path(head.path), head.headers)
         if remembered is None:
             return False
-        transport = self.transport
-        assert transport is not None
         if state.access_log is not None:
             self.started_at = self.loop.time()
         close = not head.keep_alive or not self.keep_alive or state.draining
@@ -499,38 +523,75 @@ class HTTP11Connection(asyncio.Protocol):
                 end_of_head(close, head.http_version == "1.0"),
             )
         )
-        size = remembered.size
         self.response_chunked = False
         self.response_close = close
+        batch = state.answer_batch
+        if batch is None:
+            state.answer_batch = []
+            self.loop.call_soon(_send_answers, state)
+            self._send_answer(head, remembered, prefix, close)
+        else:
+            self.answering = True
+            self.deadline = 0.0
+            self.deadline_kind = _Deadline.NONE
+            batch.append((self, head, remembered, prefix, close))
+        return True
+
+    def _send_answer(
+        self,
+        head: RequestHead,
+        remembered: RememberedFile,
+        prefix: bytes,
+        close: bool,
+        waited: bool = False,
+    ) -> None:
+        """Send an answer made by _answer_file, at once or (``waited``) from the batch; then
+        carry on as _on_response_complete does."""
+        state = self.state
+        fd = remembered.fd
+        if waited:
+            self.answering = False
+            if self.closing:
+                return
+            if fd < 0:
+                # StaticFiles closed the descriptor since (it kept too many, or the file
+                # changed): the app answers after all.
+                self._answer_with_app(head)
+                return
+        transport = self.transport
+        assert transport is not None
+        size = remembered.size
         sender = self.file_sender
         if sender is None:
             sender = self.file_sender = SocketFileSender.for_transport(self.loop, transport)
         if sender.usable:
             try:
-                sent = sender.send_now(remembered.fd, 0, size, prefix)
+                sent = sender.send_now(fd, 0, size, prefix)
             except Exception:  # the file's fault (it shrank, EIO): the head may be out
                 logger.exception("Exception sending a file")
                 sent = -1
             if sent < 0:
                 self._file_lost()
-                return True
+                return
             if sent == size:
-                # The response is complete: what _on_response_complete does for the others,
-                # where nothing waits (no queue, no cork, no partial head, reading on), so
-                # what is left of it is the keep-alive deadline.
+                # The response is complete: what _on_response_complete does for the others.
                 self.responses_done += 1
                 if state.access_log is not None:
                     self._log_answered(head, remembered)
                 if close:
                     self._close()
+                elif waited:
+                    self._after_waited_answer()
                 else:
+                    # Nothing waits (no queue, no cork, no partial head, reading on): what
+                    # is left is the keep-alive deadline.
                     self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
-                return True
-            fd = os.dup(remembered.fd)  # remembered.fd is only lent until we return
+                return
+            fd = os.dup(fd)  # remembered.fd is only lent until we return
             rest = self._send_rest(sender, fd, sent, size - sent, False)
         else:
             transport.write(prefix)
-            fd = os.dup(remembered.fd)
+            fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
         cycle = HTTPCycle(
             self._scope_for_log(head),
@@ -544,7 +605,38 @@ class HTTP11Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
         self._start(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
-        return True
+
+    def _after_waited_answer(self) -> None:
+        """What may have happened while an answer waited in the batch: pipelined requests
+        queued behind it, a protocol error, a graceful shutdown."""
+        pending_error = self.pending_error
+        draining = self.state.draining
+        if self.queue and self.keep_alive and not draining:
+            self._run_queue()
+        elif pending_error is not None:
+            self._send_error(pending_error)
+        elif not self.keep_alive or draining:
+            self._close()
+        else:
+            self._await_next_request()
+
+    def _answer_with_app(self, head: RequestHead) -> None:
+        """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
+        ahead of any pipelined behind it."""
+        info = self.info
+        assert info is not None
+        scope = http_scope(
+            info, head.method, head.http_version, head.path, head.query, head.headers
+        )
+        cycle = HTTPCycle(
+            scope,
+            self,
+            expect_continue=False,
+            has_body=False,
+            on_complete=self._on_response_complete,
+        )
+        self.queue.appendleft((cycle, head))
+        self._run_queue()
 
     def _log_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
         access_log = self.state.access_log
@@ -580,8 +672,9 @@ class HTTP11Connection(asyncio.Protocol):
             )
         if self.closing:
             return
-        if self.pending_error is not None:
-            self._send_error(self.pending_error)
+        pending_error = self.pending_error
+        if pending_error is not None and not self.queue:
+            self._send_error(pending_error)
             return
         keep_alive = (
             self.keep_alive
@@ -616,6 +709,11 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
+        self._await_next_request()
+
+    def _await_next_request(self) -> None:
+        """Idle between requests: the deadline for the next (its head, if part of it is
+        here), and reading on."""
         if self.parser.in_head:
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
@@ -840,7 +938,7 @@ class HTTP11Connection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.closing or self.active is not None:
+        if self.closing or self.active is not None or self.answering:
             return
         if kind == _Deadline.HEAD:
             self._send_error(
@@ -856,13 +954,20 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         """Read while no pipelined request waits and the app keeps up with the body."""
-        if self.reading_paused and not self.queue and not self.body_paused and not self.closing:
+        if (
+            self.reading_paused
+            and not self.queue
+            and not self.body_paused
+            and not self.closing
+            and self.pending_error is None
+        ):
             self.reading_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
 
     def _on_protocol_error(self, exc: ProtocolError) -> None:
-        self.keep_alive = False
+        # Nothing more is read; the requests read before this one are answered (kept alive),
+        # then the error, which closes the connection.
         self._pause_reading()
         parsing = self.parsing
         self.parsing = None
@@ -879,7 +984,7 @@ class HTTP11Connection(asyncio.Protocol):
                 return
             if self.queue and self.queue[-1][0] is parsing:
                 self.queue.pop()
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and not self.answering:
             self._send_error(exc)
         else:
             self.pending_error = exc
@@ -902,7 +1007,7 @@ class HTTP11Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.keep_alive = False
-        if self.active is None and not self.queue:
+        if self.active is None and not self.queue and not self.answering:
             self._close()
 
 

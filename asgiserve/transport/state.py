@@ -123,6 +123,10 @@ class ServerState:
         #: What the server's middleware does to a scope before the app sees it (proxy
         #: headers), for the requests answered without the app.
         self.rewrite_scope = rewrite_scope
+        #: Answers to ``files`` requests waiting for the end of this turn of the loop, to be
+        #: sent together (transport/connection.py, ``_answer_file``); None while no turn is
+        #: collecting them. Items: (connection, head, file, response head, close).
+        self.answer_batch: list[tuple[Any, ...]] | None = None
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()
