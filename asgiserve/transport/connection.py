@@ -618,7 +618,13 @@ class HTTP11Connection(asyncio.Protocol):
         elif not self.keep_alive or draining:
             self._close()
         else:
-            self._await_next_request()
+            # Idle: the deadline for the next request (its head, if part of it is here).
+            state = self.state
+            if self.parser.in_head:
+                self._set_deadline(_Deadline.HEAD, state.head_timeout)
+            else:
+                self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
+            self._update_reading()
 
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
@@ -709,11 +715,6 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        self._await_next_request()
-
-    def _await_next_request(self) -> None:
-        """Idle between requests: the deadline for the next (its head, if part of it is
-        here), and reading on."""
         if self.parser.in_head:
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
