@@ -1200,6 +1200,16 @@ def test_answered_files_are_logged_with_the_forwarded_client(
     assert len(app_calls) == 1
 
 
+def slow_reader_asking(port: int, target: bytes) -> socket.socket:
+    """A connection with a small receive buffer (the server must wait for it) that has sent
+    a GET of ``target`` with ``Connection: close``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    return sock
+
+
 def test_a_large_answered_file_waits_for_a_slow_client(
     serve: Any, site: Path, app_calls: list[str]
 ) -> None:
@@ -1207,10 +1217,7 @@ def test_a_large_answered_file_waits_for_a_slow_client(
     (site / "big.bin").write_bytes(big)
     server = serve(None, static=str(site))
     for _ in range(2):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-            sock.connect(("127.0.0.1", server.port))
-            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        with slow_reader_asking(server.port, b"/big.bin") as sock:
             received = bytearray()
             time.sleep(0.2)  # the socket buffers fill: the rest must wait for us
             while chunk := sock.recv(1 << 16):
@@ -1286,7 +1293,7 @@ def sent_answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
     original = HTTP11Connection._send_answer
 
     def observed(self: HTTP11Connection, *args: Any) -> None:
-        sent.append((len(args) > 4 and args[4], self.state.total_requests))
+        sent.append((self.answering, self.state.total_requests))
         original(self, *args)
 
     monkeypatch.setattr(HTTP11Connection, "_send_answer", observed)
@@ -1456,10 +1463,7 @@ def test_a_file_still_being_sent_survives_its_replacement(
     (site / "big.bin").write_bytes(old)
     server = serve(None, static=str(site))
     assert plain_get(server, "/big.bin")[2] == old  # remembered
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    with slow_reader_asking(server.port, b"/big.bin") as sock:
         received = bytearray(sock.recv(1 << 16))
         time.sleep(0.2)  # the socket buffers fill: the rest waits
         new = site / "big.tmp"

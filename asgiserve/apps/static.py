@@ -320,9 +320,9 @@ class StaticFiles:
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
     ) -> RememberedFile | None:
         """:meth:`open_remembered` for a server that answers the request itself, without
-        running this app, and is done with the file before it returns to the event loop: the
-        remembered file, whose ``fd`` stays this app's (valid until the next call into this
-        app: ``os.dup`` it to keep it longer).
+        running this app: the remembered file, whose ``fd`` stays this app's. It is valid
+        until the next call into this app, which may close it (``fd`` is then -1): read
+        ``fd`` again before each use, or ``os.dup`` it to keep it.
 
         Blocking calls on the event loop: one ``lstat`` of a local file (and, the first time,
         an open and ``fstat``); the bytes are sent by the server, never read here.

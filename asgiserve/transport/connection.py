@@ -102,7 +102,7 @@ def _send_answers(state: ServerState) -> None:
         return
     for connection, head, remembered, prefix, close in batch:
         try:
-            connection._send_answer(head, remembered, prefix, close, True)
+            connection._send_answer(head, remembered, prefix, close)
         except Exception:  # a bug: lose this connection, not the others' answers
             logger.exception("Exception sending a response")
             connection.abort()
@@ -287,7 +287,7 @@ class HTTP11Connection(asyncio.Protocol):
         info = self.info
         assert info is not None
         upgrade = head.upgrade
-        if upgrade is not None and self.active is None and not self.queue and not self.answering:
+        if upgrade is not None and self._idle():
             if upgrade == b"websocket" and state.websocket is not None:
                 # Switch protocols once the parser has the request; see on_upgrade.
                 self.active_head = head
@@ -307,6 +307,7 @@ class HTTP11Connection(asyncio.Protocol):
         files = state.files
         if (
             files is not None
+            # _idle() and no cork, inlined: this runs for every request.
             and self.active is None
             and not self.answering
             and not self.queue
@@ -484,6 +485,10 @@ class HTTP11Connection(asyncio.Protocol):
             cycle.registry = tasks = state.tasks
             tasks.add(task)
 
+    def _idle(self) -> bool:
+        """No request in progress or waiting: no active cycle, no queue, no waiting answer."""
+        return self.active is None and not self.queue and not self.answering
+
     def _over_limit(self, limit_concurrency: int) -> bool:
         state = self.state
         return len(state.connections) > limit_concurrency or len(state.tasks) >= limit_concurrency
@@ -538,26 +543,20 @@ class HTTP11Connection(asyncio.Protocol):
         return True
 
     def _send_answer(
-        self,
-        head: RequestHead,
-        remembered: RememberedFile,
-        prefix: bytes,
-        close: bool,
-        waited: bool = False,
+        self, head: RequestHead, remembered: RememberedFile, prefix: bytes, close: bool
     ) -> None:
-        """Send an answer made by _answer_file, at once or (``waited``) from the batch; then
-        carry on as _on_response_complete does."""
-        state = self.state
+        """Send an answer made by _answer_file, at once or from the batch; then carry on
+        with the connection as _on_response_complete does."""
+        self.answering = False
+        if self.closing:
+            return  # lost while the answer waited
         fd = remembered.fd
-        if waited:
-            self.answering = False
-            if self.closing:
-                return
-            if fd < 0:
-                # StaticFiles closed the descriptor since (it kept too many, or the file
-                # changed): the app answers after all.
-                self._answer_with_app(head)
-                return
+        if fd < 0:
+            # StaticFiles closed the descriptor while the answer waited (it kept too many, or
+            # the file changed): the app answers after all.
+            self._answer_with_app(head)
+            return
+        state = self.state
         transport = self.transport
         assert transport is not None
         size = remembered.size
@@ -580,12 +579,8 @@ class HTTP11Connection(asyncio.Protocol):
                     self._log_answered(head, remembered)
                 if close:
                     self._close()
-                elif waited:
-                    self._after_waited_answer()
                 else:
-                    # Nothing waits (no queue, no cork, no partial head, reading on): what
-                    # is left is the keep-alive deadline.
-                    self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
+                    self._after_answer()
                 return
             fd = os.dup(fd)  # remembered.fd is only lent until we return
             rest = self._send_rest(sender, fd, sent, size - sent, False)
@@ -593,22 +588,18 @@ class HTTP11Connection(asyncio.Protocol):
             transport.write(prefix)
             fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
-        cycle = HTTPCycle(
-            self._scope_for_log(head),
-            self,
-            expect_continue=False,
-            has_body=False,
-            on_complete=self._on_response_complete,
-        )
+        cycle = self._cycle_without_body(self._scope_for_log(head))
         self.active = cycle
         self.active_head = head
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
         self._start(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
 
-    def _after_waited_answer(self) -> None:
-        """What may have happened while an answer waited in the batch: pipelined requests
-        queued behind it, a protocol error, a graceful shutdown."""
+    def _after_answer(self) -> None:
+        """After the server's own answer, kept alive: what may have come meanwhile if it
+        waited in the batch (pipelined requests queued behind it, a protocol error, a graceful
+        shutdown), else the deadline for the next request. _on_response_complete does the same
+        for a cycle, inline (every app response passes there) and with the cycle's own cases."""
         pending_error = self.pending_error
         draining = self.state.draining
         if self.queue and self.keep_alive and not draining:
@@ -629,20 +620,23 @@ class HTTP11Connection(asyncio.Protocol):
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
         ahead of any pipelined behind it."""
-        info = self.info
-        assert info is not None
-        scope = http_scope(
-            info, head.method, head.http_version, head.path, head.query, head.headers
-        )
-        cycle = HTTPCycle(
+        self.queue.appendleft((self._cycle_without_body(self._scope_of(head)), head))
+        self._run_queue()
+
+    def _cycle_without_body(self, scope: Scope) -> HTTPCycle:
+        return HTTPCycle(
             scope,
             self,
             expect_continue=False,
             has_body=False,
             on_complete=self._on_response_complete,
         )
-        self.queue.appendleft((cycle, head))
-        self._run_queue()
+
+    def _scope_of(self, head: RequestHead) -> Scope:
+        """The scope of ``head``, as on_request makes it (inline there, for speed)."""
+        info = self.info
+        assert info is not None
+        return http_scope(info, head.method, head.http_version, head.path, head.query, head.headers)
 
     def _log_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
         access_log = self.state.access_log
@@ -654,11 +648,7 @@ class HTTP11Connection(asyncio.Protocol):
         """The scope of a request the server answers without the app, as the access log
         shows it: with the client the app would have seen (the proxy headers' rewrite
         changes nothing else that such a response depends on)."""
-        info = self.info
-        assert info is not None
-        scope = http_scope(
-            info, head.method, head.http_version, head.path, head.query, head.headers
-        )
+        scope = self._scope_of(head)
         rewrite = self.state.rewrite_scope
         if rewrite is not None:
             rewrite(scope)
@@ -985,7 +975,7 @@ class HTTP11Connection(asyncio.Protocol):
                 return
             if self.queue and self.queue[-1][0] is parsing:
                 self.queue.pop()
-        if self.active is None and not self.queue and not self.answering:
+        if self._idle():
             self._send_error(exc)
         else:
             self.pending_error = exc
@@ -1008,7 +998,7 @@ class HTTP11Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.keep_alive = False
-        if self.active is None and not self.queue and not self.answering:
+        if self._idle():
             self._close()
 
 
