@@ -615,7 +615,8 @@ class HTTP11Connection(asyncio.Protocol):
                 self._set_deadline(_Deadline.HEAD, state.head_timeout)
             else:
                 self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
-            self._update_reading()
+            if self.reading_paused:
+                self._update_reading()
 
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
