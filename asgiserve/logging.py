@@ -2,8 +2,8 @@
 
 Two loggers: ``asgiserve.error`` (server events and app tracebacks) and ``asgiserve.access``
 (one line per response). Both write to stderr, as text with a level prefix (coloured only on a
-TTY) or as JSON lines (``--log-format json``); ``--log-config`` then applies the user's own
-logging configuration on top.
+TTY) or as JSON lines (``--log-format json``); ``--log-config`` applies the user's own
+logging configuration instead (our loggers then propagate to the user's handlers).
 
 The access log line
 -------------------
@@ -46,6 +46,7 @@ __all__ = [
     "configure_logging",
     "escape",
     "load_log_config",
+    "logging_configured",
     "make_access_log",
 ]
 
@@ -250,30 +251,62 @@ def load_log_config(path: str) -> None:
         raise LogConfigError(f"--log-config {path}: {exc}") from exc
 
 
+#: The server's loggers: events and tracebacks, one line per response, ASGI messages (trace).
+LOGGERS = ("asgiserve.error", "asgiserve.access", "asgiserve.asgi")
+_configured: list[bool] = [False]
+
+
 def configure_logging(
     level: str,
     *,
     access_log: bool,
     log_format: str = "text",
     log_config: str | None = None,
+    use_colors: bool | None = None,
 ) -> None:
+    """Set up the server's loggers at ``level``: our stderr handler, or, with ``log_config``,
+    the user's logging configuration instead of ours (as uvicorn does).
+
+    With ``log_config`` our loggers get no handler of ours and propagate, so a configuration
+    that only sets up the root logger receives every line, the access log included; one that
+    names our loggers sets their handlers, levels and ``propagate`` itself.
+    """
     numeric = _LEVELS[level]
-    handler = _StreamHandler(sys.stderr)
-    formatter: logging.Formatter
-    if log_format == "json":
-        formatter = JSONFormatter()
-    else:
-        formatter = _LevelFormatter(colour=sys.stderr.isatty())
-    handler.setFormatter(formatter)
-    for name in ("asgiserve.error", "asgiserve.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    for logger in loggers:
         logger.setLevel(numeric)
-        logger.propagate = False
+    if log_config is None:
+        handler = _StreamHandler(sys.stderr)
+        formatter: logging.Formatter
+        if log_format == "json":
+            formatter = JSONFormatter()
+        else:
+            colour = sys.stderr.isatty() if use_colors is None else use_colors
+            formatter = _LevelFormatter(colour=colour)
+        handler.setFormatter(formatter)
+        for logger in loggers:
+            logger.handlers[:] = [handler]
+            logger.propagate = False
+    else:
+        for logger in loggers:
+            logger.handlers[:] = []
+            logger.propagate = True
+        load_log_config(log_config)
     if not access_log:
         logging.getLogger("asgiserve.access").setLevel(logging.CRITICAL + 1)
-    if log_config is not None:
-        load_log_config(log_config)
+    _configured[0] = True
+
+
+def logging_configured() -> bool:
+    """True once :func:`configure_logging` ran in this process, or when the program set up
+    logging itself (a handler on the root logger or on one of ours, or a level on ours):
+    an embedded server then leaves logging alone."""
+    if _configured[0] or logging.getLogger().handlers:
+        return True
+    return any(
+        logger.handlers or logger.level != logging.NOTSET or not logger.propagate
+        for logger in map(logging.getLogger, ("asgiserve", *LOGGERS))
+    )
 
 
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
