@@ -95,7 +95,7 @@ def test_ipv6_addresses_are_matched_in_canonical_form() -> None:
 
 @pytest.mark.parametrize("entry", ["localhost", "10.0.0.0/33", "1.2.3"])
 def test_invalid_trusted_entries_are_a_config_error(entry: str) -> None:
-    with pytest.raises(ConfigError, match="forwarded_allow_ips"):
+    with pytest.raises(ConfigError, match="--forwarded-allow-ips"):
         Config.from_options("x:y", forwarded_allow_ips=entry)
 
 

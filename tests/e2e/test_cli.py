@@ -104,7 +104,7 @@ def test_bad_app_gives_one_line_and_exit_1(app: str, message: str) -> None:
 def test_bad_option_value_is_a_usage_error() -> None:
     result = run_cli("tests.apps:app", "--port", "70000")
     assert result.returncode == 2
-    assert "port must be between 0 and 65535" in result.stderr
+    assert "--port must be between 0 and 65535" in result.stderr
     assert "Traceback" not in result.stderr
 
 
