@@ -196,6 +196,51 @@ def test_forwarded_host_port_defaults_to_the_host_then_the_scheme() -> None:
     assert forwarded(("X-Forwarded-Port", "8443"))["server"] == ("127.0.0.1", 8443)
 
 
+def host_header(scope: dict[str, Any]) -> list[bytes]:
+    return [value for name, value in scope["headers"] if name == b"host"]
+
+
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ([("X-Forwarded-Host", "example.com")], b"example.com"),
+        ([("X-Forwarded-Host", "example.com"), ("X-Forwarded-Proto", "https")], b"example.com"),
+        ([("X-Forwarded-Host", "example.com:8080")], b"example.com:8080"),
+        ([("X-Forwarded-Host", "example.com"), ("X-Forwarded-Port", "8443")], b"example.com:8443"),
+        ([("X-Forwarded-Host", "[::1]:9000")], b"[::1]:9000"),
+        ([("Forwarded", "for=192.0.2.60;proto=https;host=example.com")], b"example.com"),
+    ],
+)
+def test_forwarded_host_rewrites_the_host_header(
+    headers: list[tuple[str, str]], expected: bytes
+) -> None:
+    scope = forwarded(("Host", "127.0.0.1:8000"), *headers)
+    assert host_header(scope) == [expected]
+
+
+def test_host_header_is_kept_without_a_forwarded_host_or_from_an_untrusted_peer() -> None:
+    assert host_header(forwarded(("Host", "a.test"), ("X-Forwarded-Proto", "https"))) == [b"a.test"]
+    untrusted = forwarded(
+        ("Host", "a.test"), ("X-Forwarded-Host", "evil.test"), client=("198.51.100.2", 4000)
+    )
+    assert host_header(untrusted) == [b"a.test"]
+
+
+def test_starlette_request_url_uses_the_forwarded_host(serve: Any) -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse(str(Request(scope, receive).url))(scope, receive, send)
+
+    server = serve(app)  # we are 127.0.0.1: trusted by default
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example"}
+    response = httpx.get(f"{server.url}/cart?id=3", headers=headers)
+    assert response.text == "https://shop.example/cart?id=3"
+    forwarded = httpx.get(f"{server.url}/a", headers={"Forwarded": "proto=http;host=b.example:81"})
+    assert forwarded.text == "http://b.example:81/a"
+
+
 @pytest.mark.parametrize("host", ["exa mple.com", "example.com:99999", "example.com:x", ""])
 def test_invalid_forwarded_hosts_are_ignored(host: str) -> None:
     assert forwarded(("X-Forwarded-Host", host))["server"] == ("127.0.0.1", 8000)
