@@ -382,3 +382,36 @@ class _Absent:
 
 sys.meta_path.insert(0, _Absent())
 """
+
+
+# -- HTTP/2 without the h2 package ------------------------------------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_h2c_without_h2_gets_a_505_and_the_log_says_how_to_get_http2(
+    http: str, tmp_path: Path, cli: object
+) -> None:
+    # Importing h2 fails in the server's process, as if the http2 extra were not installed.
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_IMPORTS.format(names=("h2", "hpack")))
+    server = cli(  # type: ignore[operator]
+        "tests.apps:app", "--http", http, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(PREFACE)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert b"connection: close\r\n" in answer
+    assert httpx.get(server.url).text == "Hello, world!"  # HTTP/1.1 is served as usual
+    log = server.output()
+    assert f"http: {http}," in log  # the startup line: no "+h2"
+    assert log.count("HTTP/2 is off: it needs the h2 package") == 1
+    assert "pip install -e '.[http2]'" in log
+
+
+def test_no_http2_says_nothing_about_h2(cli: object) -> None:
+    server = cli("tests.apps:app", "--no-http2")  # type: ignore[operator]
+    assert "HTTP/2 is off" not in server.output()
