@@ -466,7 +466,10 @@ async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
     [
         ({"workers": 0}, "--workers must be a whole number of at least 1"),
         ({"reload": True, "workers": 2}, "cannot be combined with --workers > 1"),
-        ({"limit_max_requests_jitter": 5}, "--limit-max-requests-jitter needs --limit-max-requests"),
+        (
+            {"limit_max_requests_jitter": 5},
+            "--limit-max-requests-jitter needs --limit-max-requests",
+        ),
         ({"limit_max_requests": 5, "limit_max_requests_jitter": -1}, "whole number >= 0"),
         ({"limit_worker_memory": 100}, "--limit-worker-memory needs --workers"),
         ({"workers": 2, "limit_worker_memory": 0}, "--limit-worker-memory must be a positive"),
