@@ -701,6 +701,13 @@ def main(app: str | None, **options: Any) -> None:
         options["ws_per_message_deflate"] = False
     if app is None and options["static"] is None:
         raise click.UsageError("Missing argument 'APP' (or --static DIR to serve a folder).")
+    for mount in options["mounts"]:
+        # A missing folder is a bad option (exit 2), found before any worker starts.
+        directory = mount.partition("=")[2]
+        if directory and not os.path.isdir(directory):
+            raise click.BadParameter(
+                f"{mount!r}: no such folder {directory!r}", param_hint="--mount"
+            )
     notes = _workers_with_reload(click.get_current_context(), options)
     options, uvicorn_notes = translate_uvicorn_options(options)
     try:
