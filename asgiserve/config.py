@@ -259,7 +259,7 @@ class Config:
     proxy_headers: bool = True
     #: Peers whose forwarding headers are believed: IPs, CIDR networks, ``*`` (any) and
     #: ``unix:`` (connections on unix sockets). A string is split on commas.
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     #: The PROXY protocol header (HAProxy, cloud load balancers) before TLS and HTTP:
     #: ``off``, ``v1``, ``v2`` or ``auto`` (either version, or none).
     proxy_protocol: ProxyProtocolChoice = "off"

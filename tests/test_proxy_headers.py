@@ -385,3 +385,9 @@ def test_unix_socket_peers_are_trusted_with_unix(serve: Any, tmp_path: Any) -> N
         while chunk := sock.recv(65536):
             data += chunk
     assert json.loads(data.partition(b"\r\n\r\n")[2])["client"] == ["203.0.113.7", 0]
+
+
+def test_loopback_peers_are_trusted_by_default_as_with_uvicorn() -> None:
+    trusted = TrustedPeers(Config.from_options("x:y").forwarded_allow_ips)
+    assert trusted.trusts("127.0.0.1") and trusted.trusts("::1")
+    assert not trusted.trusts("10.0.0.1")
