@@ -1,9 +1,11 @@
 """Log setup and the access log.
 
-Two loggers: ``asgiserve.error`` (server events and app tracebacks) and ``asgiserve.access``
-(one line per response). Both write to stderr, as text with a level prefix (coloured only on a
-TTY) or as JSON lines (``--log-format json``); ``--log-config`` applies the user's own
-logging configuration instead (our loggers then propagate to the user's handlers).
+Three loggers: ``asgiserve.error`` (server events and app tracebacks; connections opened and
+closed at trace level), ``asgiserve.access`` (one line per response) and ``asgiserve.asgi``
+(ASGI messages, at trace level only). They write to stderr, as text with a level prefix
+(coloured on a TTY, or as ``--use-colors`` says) or as JSON lines (``--log-format json``);
+``--log-config`` applies the user's own logging configuration instead (our loggers then
+propagate to the user's handlers).
 
 The access log line
 -------------------

@@ -266,6 +266,7 @@ def worker_main(channel_fd: int) -> int:
         access_log=config.access_log,
         log_format=config.log_format,
         log_config=config.log_config,
+        use_colors=config.use_colors,
     )
     sockets = [socket.socket(fileno=fd) for fd in spec.fds]
     # pass_fds made these inheritable: the app's own subprocesses must not hold the listeners

@@ -115,6 +115,7 @@ EXTRAS: dict[tuple[str, str | None], dict[str, object]] = {
     ("--h11-max-incomplete-event-size", "16384"): {"logs": "the same as --limit-request-head"},
     ("--header", "X-Served-By:test"): {"header": ("x-served-by", "test")},
     ("--log-level", "trace"): {"logs": "ASGI [1] started"},
+    ("--use-colors", None): {"logs": "\x1b[32mINFO:"},  # even though stderr is not a terminal
 }
 
 
@@ -415,3 +416,38 @@ def test_h2c_without_h2_gets_a_505_and_the_log_says_how_to_get_http2(
 def test_no_http2_says_nothing_about_h2(cli: object) -> None:
     server = cli("tests.apps:app", "--no-http2")  # type: ignore[operator]
     assert "HTTP/2 is off" not in server.output()
+
+
+def test_run_takes_uvicorns_keywords(tmp_path: Path) -> None:
+    port = free_port()
+    program = (
+        "import asgiserve\n"
+        f"asgiserve.run('tests.e2e.dropin_apps:wsgi_app', interface='wsgi', port={port},"
+        " reload_delay=0.5, h11_max_incomplete_event_size=16384, ws='wsproto',"
+        " limit_max_requests=1)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/run")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+        assert response.text == "wsgi GET /run"
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "--reload-delay is ignored" in stderr
+    assert "the same as --limit-request-head 16384" in stderr
