@@ -21,19 +21,13 @@ def run(app: str | Callable[..., Any] | None, **options: Any) -> None:
     start.
     """
     from asgiserve.compat import log_notes, translate_uvicorn_options
-    from asgiserve.logging import configure_logging
+    from asgiserve.logging import configure_logging_for
     from asgiserve.supervisors import run as run_config
 
     # uvicorn.run()'s keywords are accepted too (interface=, reload_delay=, ...).
     options, notes = translate_uvicorn_options(options)
     config = Config.from_options(app, **options)
-    configure_logging(
-        config.log_level,
-        access_log=config.access_log,
-        log_format=config.log_format,
-        log_config=config.log_config,
-        use_colors=config.use_colors,
-    )
+    configure_logging_for(config)
     log_notes(notes)
     code = run_config(config)
     if code:

@@ -8,6 +8,7 @@ Every option can also be set from the environment as ``ASGISERVE_<OPTION>``
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Any
@@ -693,7 +694,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 def main(app: str | None, **options: Any) -> None:
     """Serve the ASGI application APP, given as "module:attribute" (e.g. main:app), or a
     folder with --static DIR."""
-    from asgiserve.logging import LogConfigError, configure_logging
+    from asgiserve.logging import LogConfigError, configure_logging_for
     from asgiserve.supervisors import run
 
     options["headers"] = list(options["headers"])
@@ -715,13 +716,7 @@ def main(app: str | None, **options: Any) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        configure_logging(
-            config.log_level,
-            access_log=config.access_log,
-            log_format=config.log_format,
-            log_config=config.log_config,
-            use_colors=config.use_colors,
-        )
+        configure_logging_for(config)
     except LogConfigError as exc:
         raise click.UsageError(str(exc)) from None
     log_notes([*notes, *uvicorn_notes])
@@ -733,8 +728,6 @@ def _workers_with_reload(ctx: click.Context, options: dict[str, Any]) -> list[No
     """``--reload`` runs one worker. A worker count from the environment (platforms set
     ``WEB_CONCURRENCY`` for every process) is then ignored, with a line naming the variable;
     one given on the command line is an error, as before."""
-    import logging
-
     workers = options.get("workers")
     source = ctx.get_parameter_source("workers")
     if not options.get("reload") or workers is None or workers <= 1:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Scope
+    from asgiserve.config import Config
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -46,6 +47,7 @@ __all__ = [
     "LogConfigError",
     "compile_access_format",
     "configure_logging",
+    "configure_logging_for",
     "escape",
     "load_log_config",
     "logging_configured",
@@ -297,6 +299,17 @@ def configure_logging(
     if not access_log:
         logging.getLogger("asgiserve.access").setLevel(logging.CRITICAL + 1)
     _configured[0] = True
+
+
+def configure_logging_for(config: Config) -> None:
+    """:func:`configure_logging` with ``config``'s logging options."""
+    configure_logging(
+        config.log_level,
+        access_log=config.access_log,
+        log_format=config.log_format,
+        log_config=config.log_config,
+        use_colors=config.use_colors,
+    )
 
 
 def logging_configured() -> bool:

@@ -36,7 +36,7 @@ from asgiserve.loading import (
     resolve_ws,
     wrap_app,
 )
-from asgiserve.logging import TRACE, configure_logging, logging_configured, make_access_log
+from asgiserve.logging import TRACE, configure_logging_for, logging_configured, make_access_log
 from asgiserve.transport.binding import (
     BindError,
     bind_listeners,
@@ -477,13 +477,7 @@ def setup_logging(config: Config) -> None:
     worker), or the program that embeds the server configured logging itself, which is then
     left exactly as it is."""
     if not logging_configured():
-        configure_logging(
-            config.log_level,
-            access_log=config.access_log,
-            log_format=config.log_format,
-            log_config=config.log_config,
-            use_colors=config.use_colors,
-        )
+        configure_logging_for(config)
 
 
 def _in_empty_context(state: ServerState) -> HTTP11Connection:
