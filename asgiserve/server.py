@@ -486,8 +486,7 @@ def _in_empty_context(state: ServerState) -> HTTP11Connection:
 
 class TracedProtocol(asyncio.Protocol):
     """At ``--log-level trace``: logs a connection's opening and closing around the protocol
-    that serves it. When that protocol hands the transport to another one (WebSocket, HTTP/2),
-    the switch is logged; the new protocol's closing is its own."""
+    that serves it, and its switch to another protocol (WebSocket, HTTP/2)."""
 
     def __init__(self, make: Callable[[], asyncio.Protocol]) -> None:
         self.inner = make()
@@ -500,6 +499,7 @@ class TracedProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "-")
         logger.log(TRACE, "%s - connection made", self.peer)
         self.inner.connection_made(transport)
+        self._log_switch()  # ALPN h2 switches at once
 
     def connection_lost(self, exc: Exception | None) -> None:
         logger.log(TRACE, "%s - connection lost%s", self.peer, f" ({exc})" if exc else "")
@@ -507,14 +507,22 @@ class TracedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.inner.data_received(data)
+        self._log_switch()
+
+    def _log_switch(self) -> None:
+        """After the protocol handed the transport to another one, wrap that one instead, so
+        that its connection's closing is logged too."""
         transport = self.transport
-        if transport is not None:
-            current = transport.get_protocol()
-            if current is not self:
-                logger.log(
-                    TRACE, "%s - connection switched to %s", self.peer, type(current).__name__
-                )
-                self.transport = None
+        if transport is None:
+            return
+        current = transport.get_protocol()
+        if current is not self:
+            logger.log(TRACE, "%s - connection switched to %s", self.peer, type(current).__name__)
+            if isinstance(current, asyncio.Protocol):
+                self.inner = current
+                transport.set_protocol(self)
+            else:
+                self.transport = None  # not ours to wrap: its closing goes unlogged
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()

@@ -45,6 +45,8 @@ def test_trace_logs_a_websocket_switch(cli: Any) -> None:
     server.stop()
     log = server.output()
     assert re.search(r"connection switched to \w+", log)
+    # The WebSocket connection's closing is logged too, once.
+    assert len(re.findall(r"127\.0\.0\.1:\d+ - connection lost", log)) == 1
     assert "send {'type': 'websocket.send', 'text': '<2 chars>'}" in log
 
 
