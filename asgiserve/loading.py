@@ -127,7 +127,8 @@ def _adapt(app: Any, name: str, interface: str) -> ASGIApp:
     asgi3 = interface == "asgi3" or (interface == "auto" and is_asgi3(app))
     arity = 3 if asgi3 else 1
     if not _accepts(app, arity):
-        hint = " (a WSGI app? use --interface wsgi)" if _accepts(app, 2) else ""
+        wsgi_like = _accepts(app, 2) and not inspect.iscoroutinefunction(app)
+        hint = " (a WSGI app? use --interface wsgi)" if wsgi_like else ""
         raise LoadError(
             f"The app {name!r} cannot be called with "
             f"{'(scope, receive, send)' if asgi3 else '(scope) (ASGI 2)'}: "
