@@ -7,9 +7,9 @@ Every option can also be set from the environment as ``ASGISERVE_<OPTION>``
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -68,19 +68,19 @@ def help_section(name: str | None) -> str | None:
     return None
 
 
-class _Option(click.Option):
-    """An option whose boolean default reads ``on``/``off`` in ``--help`` (click would show
-    the flag's name: ``[default: ws-per-message-deflate]``)."""
-
-    def get_help_extra(self, ctx: click.Context) -> Any:
-        extra = super().get_help_extra(ctx)
-        shown = self.show_default is not False
-        if shown and isinstance(self.default, bool) and (self.is_flag or self.type is click.BOOL):
-            extra["default"] = "on" if self.default else "off"
-        return extra
-
-
-option = functools.partial(click.option, cls=_Option)
+def _help_record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | None:
+    """An option's ``--help`` row, a boolean default reading ``on``/``off`` (click would show
+    the flag's name, ``[default: ws-per-message-deflate]``, or nothing for a plain flag)."""
+    if not isinstance(param, click.Option):
+        return None
+    record = param.get_help_record(ctx)
+    if record is None or param.show_default is False or not isinstance(param.default, bool):
+        return record
+    if not (param.is_flag or param.type is click.BOOL):
+        return record
+    flags, text = record
+    text = re.sub(r"\s*\[default: [^\]]*\]$", "", text)
+    return flags, f"{text}  [default: {'on' if param.default else 'off'}]"
 
 
 class _Command(click.Command):
@@ -89,7 +89,7 @@ class _Command(click.Command):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows: dict[str, list[tuple[str, str]]] = {title: [] for title, _ in HELP_SECTIONS}
         for param in self.get_params(ctx):
-            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            record = _help_record(param, ctx)
             if record is None:
                 continue
             # click's own --help option goes with the server's.
@@ -175,22 +175,22 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     context_settings={"auto_envvar_prefix": "ASGISERVE", "help_option_names": ["-h", "--help"]},
 )
 @click.argument("app", envvar="ASGISERVE_APP", required=False)
-@option("--host", default=_default("host"), show_default=True, help="Bind to this address.")
-@option(
+@click.option("--host", default=_default("host"), show_default=True, help="Bind to this address.")
+@click.option(
     "--port",
     type=int,
     default=_default("port"),
     show_default=True,
     help="Bind to this port (0: any free port).",
 )
-@option("--uds", default=None, help="Bind to this unix domain socket instead.")
-@option(
+@click.option("--uds", default=None, help="Bind to this unix domain socket instead.")
+@click.option(
     "--fd",
     type=int,
     default=None,
     help="Serve on this inherited socket file descriptor (systemd socket activation).",
 )
-@option(
+@click.option(
     "--bind",
     "bind",
     multiple=True,
@@ -198,7 +198,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Also listen here: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable). "
     "With --bind, --uds or --fd, --host/--port are not used.",
 )
-@option(
+@click.option(
     "--workers",
     type=int,
     default=_default("workers"),
@@ -208,27 +208,27 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Run N worker processes under a supervisor (SIGHUP: rolling restart, "
     "SIGTTIN/SIGTTOU: one more/less). Unset: the server runs in this one process.",
 )
-@option(
+@click.option(
     "--reload",
     is_flag=True,
     default=_default("reload"),
     help="Development: restart when files change (watchfiles if installed, else polling).",
 )
-@option(
+@click.option(
     "--reload-dir",
     "reload_dirs",
     multiple=True,
     metavar="DIR",
     help="Watch this directory (repeatable) [default: the app directory].",
 )
-@option(
+@click.option(
     "--reload-include",
     "reload_includes",
     multiple=True,
     metavar="GLOB",
     help="Also watch files matching this pattern (repeatable; *.py always).",
 )
-@option(
+@click.option(
     "--reload-delay",
     type=float,
     default=None,
@@ -236,7 +236,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="uvicorn's; ignored with a warning: the reloader acts on change events "
     "(or polls every 0.25 s).",
 )
-@option(
+@click.option(
     "--reload-exclude",
     "reload_excludes",
     multiple=True,
@@ -244,34 +244,34 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Ignore files and directories matching this pattern (repeatable; hidden ones, "
     "__pycache__, node_modules, ... always).",
 )
-@option(
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write the server's PID to this file (removed at exit).",
 )
-@option(
+@click.option(
     "--backlog",
     type=int,
     default=_default("backlog"),
     show_default=True,
     help="Pending connections the kernel may queue.",
 )
-@option(
+@click.option(
     "--loop",
     type=click.Choice(["auto", "asyncio", "uvloop", "zuvloop"]),
     default=_default("loop"),
     show_default=True,
     help="Event loop (zuvloop, uvicorn's own: uvloop).",
 )
-@option(
+@click.option(
     "--http",
     type=click.Choice(["auto", "httptools", "h11", "zttp"]),
     default=_default("http"),
     show_default=True,
     help="HTTP/1.1 parser (zttp, uvicorn's own: auto).",
 )
-@option(
+@click.option(
     "--ws",
     type=click.Choice(["auto", "none", "websockets", "websockets-sansio", "wsproto"]),
     default=_default("ws"),
@@ -279,42 +279,42 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="WebSocket support (none: upgrade requests are served as plain HTTP; "
     "websockets-sansio and wsproto, uvicorn's names: websockets).",
 )
-@option(
+@click.option(
     "--ws-max-size",
     type=int,
     default=_default("ws_max_size"),
     show_default=True,
     help="Largest incoming WebSocket message in bytes, after decompression (1009 beyond).",
 )
-@option(
+@click.option(
     "--ws-max-queue",
     type=int,
     default=_default("ws_max_queue"),
     show_default=True,
     help="Incoming WebSocket messages queued for the app before reading pauses.",
 )
-@option(
+@click.option(
     "--ws-ping-interval",
     type=float,
     default=_default("ws_ping_interval"),
     show_default=True,
     help="Seconds between WebSocket keep-alive pings.",
 )
-@option(
+@click.option(
     "--ws-ping-timeout",
     type=float,
     default=_default("ws_ping_timeout"),
     show_default=True,
     help="Seconds to wait for a pong before closing the WebSocket (1011).",
 )
-@option(
+@click.option(
     "--ws-close-timeout",
     type=float,
     default=_default("ws_close_timeout"),
     show_default=True,
     help="Seconds to wait for the peer's close frame after ours.",
 )
-@option(
+@click.option(
     "--ws-per-message-deflate",
     type=click.BOOL,
     # uvicorn's syntax takes a value (--ws-per-message-deflate false); alone, the flag is on.
@@ -325,55 +325,55 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     metavar="[BOOLEAN]",
     help="Negotiate permessage-deflate compression.",
 )
-@option(
+@click.option(
     "--no-ws-per-message-deflate",
     is_flag=True,
     default=False,
     show_default=False,
     help="The same as --ws-per-message-deflate false.",
 )
-@option(
+@click.option(
     "--http2/--no-http2",
     default=_default("http2"),
     show_default=True,
     help="HTTP/2: h2c (prior knowledge and Upgrade) and ALPN h2 over TLS; needs the h2 package.",
 )
-@option(
+@click.option(
     "--h2-max-concurrent-streams",
     type=int,
     default=_default("h2_max_concurrent_streams"),
     show_default=True,
     help="HTTP/2 streams a client may have open at once (REFUSED_STREAM beyond).",
 )
-@option(
+@click.option(
     "--h2-max-header-list-size",
     type=int,
     default=_default("h2_max_header_list_size"),
     show_default=True,
     help="Bytes of decoded request headers per HTTP/2 stream.",
 )
-@option(
+@click.option(
     "--h2-initial-window-size",
     type=int,
     default=_default("h2_initial_window_size"),
     show_default=True,
     help="Bytes a client may send per HTTP/2 stream before we acknowledge them.",
 )
-@option(
+@click.option(
     "--h2-max-resets",
     type=int,
     default=_default("h2_max_resets"),
     show_default=True,
     help="Streams a client may reset per 10 s before GOAWAY ENHANCE_YOUR_CALM.",
 )
-@option(
+@click.option(
     "--lifespan",
     type=click.Choice(["auto", "on", "off"]),
     default=_default("lifespan"),
     show_default=True,
     help="ASGI lifespan protocol.",
 )
-@option(
+@click.option(
     "--interface",
     type=click.Choice(["auto", "asgi3", "asgi2", "wsgi"]),
     default=_default("interface"),
@@ -381,19 +381,19 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="How to call APP: auto (ASGI 3, or ASGI 2 for a one-argument callable), asgi3, asgi2, "
     "or wsgi (through a2wsgi: install the wsgi extra).",
 )
-@option(
+@click.option(
     "--reset-contextvars",
     is_flag=True,
     default=_default("reset_contextvars"),
     help="Run requests in an empty contextvars.Context: context variables set around the "
     "server (or by the lifespan) are not seen.",
 )
-@option(
+@click.option(
     "--root-path",
     default=_default("root_path"),
     help="The prefix the app is mounted under behind a proxy (ASGI root_path).",
 )
-@option(
+@click.option(
     "--static",
     type=click.Path(exists=True, file_okay=False),
     default=None,
@@ -401,7 +401,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Serve the files in DIR instead of an app (no APP; folder listings and index.html, "
     "like python -m http.server).",
 )
-@option(
+@click.option(
     "--mount",
     "mounts",
     multiple=True,
@@ -409,13 +409,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Serve the files in DIR under the URL PREFIX, in front of the app: those requests "
     "never reach it (repeatable; e.g. --mount /static=./public).",
 )
-@option(
+@click.option(
     "--follow-symlinks",
     is_flag=True,
     default=_default("follow_symlinks"),
     help="With --static/--mount: serve symbolic links that point outside the folder.",
 )
-@option(
+@click.option(
     "--static-open-files",
     type=int,
     default=_default("static_open_files"),
@@ -424,63 +424,63 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="With --static/--mount: files per folder kept open, so that the server answers a "
     "plain GET of them without opening them (0: none).",
 )
-@option(
+@click.option(
     "--factory",
     is_flag=True,
     default=_default("factory"),
     help="APP is a callable that returns the ASGI app.",
 )
-@option(
+@click.option(
     "--app-dir",
     default=_default("app_dir"),
     show_default=True,
     help="Look for APP's module in this directory.",
 )
-@option(
+@click.option(
     "--env-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Load environment variables from this file first.",
 )
-@option(
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS),
     default=_default("log_level"),
     show_default=True,
     help="Log level.",
 )
-@option(
+@click.option(
     "--access-log/--no-access-log",
     default=_default("access_log"),
     show_default=True,
     help="Log one line per response.",
 )
-@option(
+@click.option(
     "--use-colors/--no-use-colors",
     default=None,
     show_default="when stderr is a terminal",
     help="Colour the level names of text logs.",
 )
-@option(
+@click.option(
     "--server-header/--no-server-header",
     default=_default("server_header"),
     show_default=True,
     help="Send 'server: asgiserve'.",
 )
-@option(
+@click.option(
     "--date-header/--no-date-header",
     default=_default("date_header"),
     show_default=True,
     help="Send a 'date' header.",
 )
-@option(
+@click.option(
     "--header",
     "headers",
     multiple=True,
     metavar="NAME:VALUE",
     help="Add a response header (repeatable).",
 )
-@option(
+@click.option(
     "--access-log-format",
     default=_default("access_log_format"),
     show_default=True,
@@ -488,65 +488,65 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     "{query} {target} {protocol} {status} {bytes} {duration_ms} {pid}, {Name}i (request "
     "header), {Name}o (response header); {{ and }} for braces.",
 )
-@option(
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default=_default("log_format"),
     show_default=True,
     help="Log lines as text, or as JSON objects (access log fields by name).",
 )
-@option(
+@click.option(
     "--log-config",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Logging configuration used instead of ours: dictConfig as .json or .yaml/.yml "
     "(needs PyYAML), or fileConfig INI (any other extension).",
 )
-@option(
+@click.option(
     "--ssl-certfile",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Serve HTTPS/WSS with this PEM certificate (chain).",
 )
-@option(
+@click.option(
     "--ssl-keyfile",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="PEM private key [default: in --ssl-certfile].",
 )
-@option("--ssl-keyfile-password", default=None, help="Password of an encrypted key.")
-@option(
+@click.option("--ssl-keyfile-password", default=None, help="Password of an encrypted key.")
+@click.option(
     "--ssl-ca-certs",
     type=click.Path(exists=True),
     default=None,
     help="CA certificates (file or directory) to verify client certificates against.",
 )
-@option(
+@click.option(
     "--ssl-cert-reqs",
     type=click.IntRange(0, 2),
     default=_default("ssl_cert_reqs"),
     show_default=True,
     help="Client certificates: 0 not requested, 1 optional, 2 required (mTLS).",
 )
-@option(
+@click.option(
     "--ssl-ciphers",
     default=None,
     help="OpenSSL cipher list for TLS 1.2 and below [default: OpenSSL's].",
 )
-@option(
+@click.option(
     "--ssl-version",
     default=_default("ssl_version"),
     show_default=True,
     help="Lowest TLS version accepted: TLSv1_2 or TLSv1_3 (also TLSv1, TLSv1_1).",
 )
-@option(
+@click.option(
     "--proxy-headers/--no-proxy-headers",
     default=_default("proxy_headers"),
     show_default=True,
     help="Take client address, scheme and host from X-Forwarded-* / Forwarded headers "
     "sent by --forwarded-allow-ips.",
 )
-@option(
+@click.option(
     "--forwarded-allow-ips",
     default=",".join(_default("forwarded_allow_ips")),
     show_default=True,
@@ -555,7 +555,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Comma-separated peers whose proxy headers are trusted: IPs, CIDRs, '*' (any), "
     "'unix:' (unix socket peers). Also $FORWARDED_ALLOW_IPS.",
 )
-@option(
+@click.option(
     "--proxy-protocol",
     type=click.Choice(["off", "v1", "v2", "auto"]),
     default=_default("proxy_protocol"),
@@ -563,28 +563,28 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Read a PROXY protocol header (HAProxy, cloud load balancers) before TLS and HTTP; "
     "auto: v1, v2 or none.",
 )
-@option(
+@click.option(
     "--timeout-keep-alive",
     type=float,
     default=_default("timeout_keep_alive"),
     show_default=True,
     help="Seconds before an idle keep-alive connection is closed.",
 )
-@option(
+@click.option(
     "--timeout-request-head",
     type=float,
     default=_default("timeout_request_head"),
     show_default=True,
     help="Seconds from a request's first byte to the end of its head (then 408).",
 )
-@option(
+@click.option(
     "--timeout-graceful-shutdown",
     type=float,
     default=_default("timeout_graceful_shutdown"),
     show_default=True,
     help="Seconds in-flight requests get on shutdown.",
 )
-@option(
+@click.option(
     "--timeout-worker-healthcheck",
     type=float,
     default=_default("timeout_worker_healthcheck"),
@@ -592,42 +592,42 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="With --workers: seconds a worker's event loop may take to answer a health ping "
     "before the worker is killed and replaced.",
 )
-@option(
+@click.option(
     "--timeout-tls-handshake",
     type=float,
     default=_default("timeout_tls_handshake"),
     show_default=True,
     help="Seconds a client has to complete the TLS handshake.",
 )
-@option(
+@click.option(
     "--timeout-proxy-protocol",
     type=float,
     default=_default("timeout_proxy_protocol"),
     show_default=True,
     help="Seconds for the PROXY protocol header to arrive.",
 )
-@option(
+@click.option(
     "--limit-concurrency",
     type=int,
     default=None,
     show_default=_show("limit_concurrency"),
     help="503 beyond this many connections or requests in flight.",
 )
-@option(
+@click.option(
     "--limit-max-requests",
     type=int,
     default=None,
     show_default=_show("limit_max_requests"),
     help="Exit after serving this many requests (with --workers: be replaced gracefully).",
 )
-@option(
+@click.option(
     "--limit-max-requests-jitter",
     type=int,
     default=_default("limit_max_requests_jitter"),
     show_default=True,
     help="Add a random 0..N to --limit-max-requests, per process, so workers recycle apart.",
 )
-@option(
+@click.option(
     "--limit-worker-memory",
     type=int,
     default=None,
@@ -635,35 +635,35 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=_show("limit_worker_memory"),
     help="With --workers: replace a worker gracefully once its resident memory exceeds this.",
 )
-@option(
+@click.option(
     "--limit-request-line",
     type=int,
     default=_default("limit_request_line"),
     show_default=True,
     help="Max bytes in the request line (414).",
 )
-@option(
+@click.option(
     "--limit-request-head",
     type=int,
     default=_default("limit_request_head"),
     show_default=True,
     help="Max bytes in the request head (431).",
 )
-@option(
+@click.option(
     "--h11-max-incomplete-event-size",
     type=int,
     default=None,
     metavar="BYTES",
     help="uvicorn's name for --limit-request-head (here on every parser).",
 )
-@option(
+@click.option(
     "--limit-request-fields",
     type=int,
     default=_default("limit_request_fields"),
     show_default=True,
     help="Max header fields in a request (431).",
 )
-@option(
+@click.option(
     "--limit-request-body",
     type=int,
     default=None,
@@ -671,7 +671,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     show_default=_show("limit_request_body"),
     help="Max bytes in a request body (413 before the app reads past it).",
 )
-@option(
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
@@ -683,7 +683,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     'root_path = "/api"); without it, [tool.asgiserve] in ./pyproject.toml. '
     "Command line > environment > file.",
 )
-@option(
+@click.option(
     "--version",
     is_flag=True,
     expose_value=False,
