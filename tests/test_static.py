@@ -2048,3 +2048,42 @@ def test_mounted_folders_close_their_descriptors_at_shutdown(serve: Any, site: P
     assert held_descriptors(site) == [str(site / "data.bin")]
     server.stop()
     assert held_descriptors(site) == []
+
+
+# -- the listing page (issue 17; the browser's view is in tests/e2e/test_static_e2e.py) --------------
+
+
+def test_listing_sort_comes_from_the_query_with_safe_defaults() -> None:
+    from asgiserve.apps.listing import sort_from_query
+
+    assert sort_from_query(b"") == ("name", False)
+    assert sort_from_query(b"sort=size") == ("size", True)  # largest first on the first click
+    assert sort_from_query(b"sort=date&order=asc") == ("date", False)
+    assert sort_from_query(b"sort=name&order=desc") == ("name", True)
+    assert sort_from_query(b"sort=%3Cscript%3E&order=sideways") == ("name", False)
+
+
+def test_listing_keeps_folders_first_in_every_order() -> None:
+    from asgiserve.apps.listing import sort_entries
+
+    entries = [("b", False, 5, 3.0), ("A", False, 9, 1.0), ("z", True, 0, 2.0), ("c", True, 9, 0.0)]
+    names = lambda sort: [entry[0] for entry in sort_entries(entries, sort)]  # noqa: E731
+    assert names(("name", False)) == ["c", "z", "A", "b"]
+    assert names(("name", True)) == ["z", "c", "b", "A"]
+    assert names(("size", True)) == ["z", "c", "A", "b"]  # folders by name (their size is not)
+    assert names(("date", False)) == ["c", "z", "A", "b"]
+
+
+def test_listing_breadcrumbs_link_up_relatively_below_the_mount_point(
+    serve: Any, site: Path
+) -> None:
+    (site / "sub" / "deeper").mkdir()
+    server = serve(StaticFiles(site, listing=True, html=False), root_path="/files")
+    page = get(server.url + "/sub/deeper/?sort=date").text  # the proxy took /files off
+    heading = page[page.index("<h1>") : page.index("</h1>")]
+    # The mount point is a link to the app's root; the current folder is not a link.
+    assert '<a href="../../?sort=date&amp;order=desc">/files/</a>' in heading
+    assert '<a href="../?sort=date&amp;order=desc">sub</a>' in heading
+    assert '<span aria-current="page">deeper</span>' in heading
+    assert "This folder is empty." in page
+    assert "<title>Index of /files/sub/deeper/</title>" in page

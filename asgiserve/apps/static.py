@@ -67,16 +67,16 @@ file's descriptor is closed with it. The server only ever does this for the obje
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 import stat
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from mimetypes import guess_type
 from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+from asgiserve.apps.listing import Entry, render_listing, sort_from_query
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Message, Receive, Scope, Send
@@ -570,7 +570,7 @@ class StaticFiles:
         elif not route.endswith("/"):
             await self._redirect_to_folder(scope, send)
         else:
-            await self._listing(scope, send, path, bool(parts))
+            await self._listing(scope, send, path, route)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -911,12 +911,18 @@ class StaticFiles:
 
     # -- listings and errors -------------------------------------------------------------------
 
-    async def _listing(self, scope: Scope, send: Send, folder: str, has_parent: bool) -> None:
-        title = scope.get("root_path", "") + route_path(scope)
-        if not title.startswith("/"):
-            title = "/" + title
+    async def _listing(self, scope: Scope, send: Send, folder: str, route: str) -> None:
+        # The URL's own segments (not the looked-up ones): the page's relative links go up
+        # as many levels as the browser's URL has.
+        segments = route[1:-1].split("/") if len(route) > 1 else []
         page = await asyncio.get_running_loop().run_in_executor(
-            None, self._render_listing, folder, title, has_parent
+            None,
+            lambda: render_listing(
+                self._entries(folder),
+                base=scope.get("root_path", ""),
+                segments=segments,
+                sort=sort_from_query(scope.get("query_string", b"")),
+            ),
         )
         headers = [
             (b"content-type", b"text/html; charset=utf-8"),
@@ -928,30 +934,7 @@ class StaticFiles:
             {"type": "http.response.body", "body": page if scope["method"] == "GET" else b""}
         )
 
-    def _render_listing(self, folder: str, title: str, has_parent: bool) -> bytes:
-        rows = []
-        for entry, is_dir, size, mtime in sorted(self._entries(folder), key=_listing_order):
-            name = entry + "/" if is_dir else entry
-            rows.append(
-                f'<tr><td><a href="{html.escape(quote(name))}">{html.escape(name)}</a></td>'
-                f"<td>{'-' if is_dir else _human_size(size)}</td>"
-                f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(mtime))}</td></tr>"
-            )
-        parent = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>' if has_parent else ""
-        escaped = html.escape(title)
-        return (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Index of {escaped}</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{padding:.2em 1.5em .2em 0;text-align:left}td+td{font-variant-numeric:"
-            "tabular-nums}</style></head><body>"
-            f"<h1>Index of {escaped}</h1><table><thead><tr><th>Name</th><th>Size</th>"
-            f"<th>Modified (UTC)</th></tr></thead><tbody>{parent}{''.join(rows)}</tbody>"
-            "</table></body></html>\n"
-        ).encode()
-
-    def _entries(self, folder: str) -> Iterable[tuple[str, bool, int, float]]:
+    def _entries(self, folder: str) -> Iterable[Entry]:
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -1155,19 +1138,6 @@ def _parse_date(value: bytes | None) -> int | None:
         return None if parsed is None else int(mktime_tz(parsed))
     except (ValueError, OverflowError, TypeError):
         return None
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
-
-
-def _listing_order(entry: tuple[str, bool, int, float]) -> tuple[bool, str]:
-    return (not entry[1], entry[0].casefold())
 
 
 def _read_small(path: str) -> bytes:
