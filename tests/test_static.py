@@ -1877,6 +1877,7 @@ def style(site: Path) -> bytes:
     ],
 )
 def test_a_browsers_request_takes_the_shortcut_with_the_apps_answer(
+    backend: tuple[str, str],
     serve: Any,
     site: Path,
     style: bytes,
