@@ -40,6 +40,7 @@ from asgiserve.config import Config, ConfigError
 from asgiserve.transport.connection import HTTP11Connection
 from asgiserve.transport.sendfile import FileEndedEarly, SocketFileSender, send_file_buffered
 from tests.conftest import RawClient
+from tests.e2e.apps.guarded_static import PasswordStaticFiles, PasswordWrapper
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 
@@ -1744,44 +1745,6 @@ def test_benchmark_report_rewrite_keeps_the_static_section(tmp_path: Path) -> No
 # -- who the server may answer for (issue 17) ------------------------------------------------------
 
 AUTHORISED = b"Authorization: Bearer letmein\r\n"
-
-
-async def _deny(send: Any) -> None:
-    await send(
-        {"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]}
-    )
-    await send({"type": "http.response.body", "body": b""})
-
-
-def _authorised(scope: Any) -> bool:
-    return (b"authorization", b"Bearer letmein") in scope["headers"]
-
-
-class PasswordStaticFiles(StaticFiles):
-    """A user's app: StaticFiles behind a password, by subclassing."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not _authorised(scope):
-            await _deny(send)
-            return
-        await super().__call__(scope, receive, send)
-
-
-class PasswordWrapper:
-    """A user's middleware that checks a password and forwards attribute lookups to the app it
-    wraps (a common way to keep the wrapped app's methods reachable)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not _authorised(scope):
-            await _deny(send)
-            return
-        await self.app(scope, receive, send)
 
 
 @pytest.mark.parametrize("mounted", [False, True], ids=["alone", "with-mount"])

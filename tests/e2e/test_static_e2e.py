@@ -558,3 +558,39 @@ def test_chromium_shows_a_sortable_listing_with_breadcrumbs(tmp_path: Path) -> N
     # prefers-color-scheme: the page background follows the browser's scheme.
     assert sum(shots["light"][2]) > 700, shots["light"]
     assert sum(shots["dark"][2]) < 150, shots["dark"]
+
+
+# -- the server answers only for what it built (issue 17) --------------------------------------------
+
+
+def raw_status_and_body(port: int, target: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+    client = RawClient(port)
+    try:
+        client.send(
+            b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra + b"\r\n"
+        )
+        response = client.recv_until_closed()
+    finally:
+        client.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("shape", ["subclass", "wrapper"])
+def test_a_password_protected_app_behind_mounts_runs_for_every_request(
+    cli: Any, site: Path, shape: str
+) -> None:
+    server = cli(
+        f"tests.e2e.apps.guarded_static:{shape}",
+        "--mount",
+        f"/assets={site / 'page'}",
+        env={"GUARDED_DIR": str(site)},
+    )
+    for _ in range(3):
+        # The authorised request is the kind that gets a file remembered.
+        authorised = raw_status_and_body(
+            server.port, b"/data.bin", b"Authorization: Bearer letmein\r\n"
+        )
+        assert authorised == (200, DATA)
+        assert raw_status_and_body(server.port, b"/data.bin")[0] == 401
+        assert raw_status_and_body(server.port, b"/assets/style.css") == (200, CSS)
