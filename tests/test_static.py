@@ -2051,3 +2051,10 @@ def test_listing_breadcrumbs_link_up_relatively_below_the_mount_point(
     assert '<span aria-current="page">deeper</span>' in heading
     assert "This folder is empty." in page
     assert "<title>Index of /files/sub/deeper/</title>" in page
+
+
+def test_listing_survives_a_modification_time_no_calendar_holds() -> None:
+    from asgiserve.apps.listing import render_listing
+
+    page = render_listing([("odd", False, 1, 1e300)], base="", segments=[], sort=("date", True))
+    assert b'href="odd"' in page

@@ -143,12 +143,7 @@ def render_listing(
     for name, is_dir, size, mtime in ordered:
         shown = html.escape(name + "/" if is_dir else name)
         href = html.escape(quote(name) + ("/" + suffix if is_dir else ""))
-        stamp = time.gmtime(mtime)
-        when = (
-            f'<time datetime="{time.strftime("%Y-%m-%dT%H:%MZ", stamp)}">'
-            f"{time.strftime('%Y-%m-%d', stamp)}"
-            f'<span class="time"> {time.strftime("%H:%M", stamp)}</span></time>'
-        )
+        when = _date_cell(mtime)
         if is_dir:
             size_cell = "&#8212;"
         else:
@@ -178,6 +173,18 @@ def render_listing(
         f"<tbody>{''.join(rows)}</tbody></table>"
         f'<p class="summary">{summary}</p></main></body></html>\n'
     ).encode()
+
+
+def _date_cell(mtime: float) -> str:
+    try:
+        stamp = time.gmtime(mtime)
+    except (OverflowError, OSError, ValueError):
+        return "&#8212;"  # a time no calendar holds (set on purpose): not worth a 500
+    return (
+        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%MZ", stamp)}">'
+        f"{time.strftime('%Y-%m-%d', stamp)}"
+        f'<span class="time"> {time.strftime("%H:%M", stamp)}</span></time>'
+    )
 
 
 def _breadcrumbs(base: str, segments: Sequence[str], suffix: str) -> str:
