@@ -283,12 +283,14 @@ class Server:
         if config.static is not None or config.mounts:
             # Folders the server serves itself (loading.py built their apps): plain GETs of
             # files already served are answered without the app (transport/connection.py).
+            # Never an attribute of the user's app: served_files knows our own classes only.
+            from asgiserve.apps.mounts import served_files
             from asgiserve.middleware.proxy_headers import ProxyHeadersMiddleware
 
             inner = app
             if isinstance(inner, ProxyHeadersMiddleware):
                 rewrite_scope, inner = inner.rewrite, inner.app
-            files = getattr(inner, "borrow_remembered", None)
+            files = served_files(inner)
         return ServerState(
             app=app,
             loop=loop,
