@@ -162,10 +162,9 @@ class Server:
             raise StartupFailure(str(exc)) from exc
 
         lifespan_state: dict[str, Any] = {}
-        # With --static there is no app of the user's to start: the folder app has no lifespan.
-        lifespan = Lifespan(
-            app, "off" if config.static is not None else config.lifespan, lifespan_state
-        )
+        # With --static there is no app of the user's to wait for: the folder app's lifespan
+        # (which closes the files it keeps open) runs without the "Waiting for ..." lines.
+        lifespan = Lifespan(app, config.lifespan, lifespan_state, announce=config.static is None)
         try:
             try:
                 await lifespan.startup()
