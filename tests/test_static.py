@@ -1675,13 +1675,13 @@ def test_config_static_and_mounts_are_validated(tmp_path: Path) -> None:
     assert Config.from_options("m:a", mounts="/s=dir").mounts == ("/s=dir",)
     for options, message in [
         ({}, "an app is required"),
-        ({"static": "dir", "app": "m:a"}, "give an app or static"),
-        ({"mounts": ["static=dir"]}, "mounts 'static=dir'"),
+        ({"static": "dir", "app": "m:a"}, "give an app or --static"),
+        ({"mounts": ["static=dir"]}, "--mount 'static=dir'"),
         ({"mounts": ["/static"]}, "expected PREFIX=DIR"),
-        ({"mounts": ["/=dir"]}, "use static"),
+        ({"mounts": ["/=dir"]}, "use --static"),
         ({"mounts": ["/a=x", "/a=y"]}, "more than once"),
-        ({"static": "dir", "static_open_files": -1}, "static_open_files must be"),
-        ({"static": "dir", "static_open_files": 1.5}, "static_open_files must be"),
+        ({"static": "dir", "static_open_files": -1}, "--static-open-files must be"),
+        ({"static": "dir", "static_open_files": 1.5}, "--static-open-files must be"),
     ]:
         app = options.pop("app", None if "mounts" not in options else "m:a")
         with pytest.raises(ConfigError, match=message):

@@ -101,6 +101,12 @@ class HttptoolsParser:
                 raise ProtocolError("malformed request line") from exc
             raise ProtocolError("unknown method", HTTPStatus.NOT_IMPLEMENTED) from exc
         except httptools.HttpParserError as exc:
+            if "PRI" in str(exc):
+                # llhttp stops at the HTTP/2 connection preface ("PRI * HTTP/2.0", RFC 9113
+                # section 3.4) when HTTP/2 is not served: the same 505 as h11 gives.
+                raise ProtocolError(
+                    "HTTP version 2.0 not supported", HTTPStatus.HTTP_VERSION_NOT_SUPPORTED
+                ) from exc
             raise ProtocolError(str(exc) or "malformed request") from exc
         if self.in_head:
             if was_in_head:

@@ -28,6 +28,7 @@ import logging
 import os
 from collections import deque
 from http import HTTPStatus
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from asgiserve.asgi.http import (
@@ -472,7 +473,7 @@ class HTTP11Connection(asyncio.Protocol):
         state = self.state
         if coro is None:
             if state.access_log is not None:
-                self.started_at = self.loop.time()
+                self.started_at = perf_counter()
             app = state.app
             limit = state.limit_concurrency
             if limit is not None and self._over_limit(limit):
@@ -515,7 +516,7 @@ class HTTP11Connection(asyncio.Protocol):
         if remembered is None:
             return False
         if state.access_log is not None:
-            self.started_at = self.loop.time()
+            self.started_at = perf_counter()
         close = not head.keep_alive or not self.keep_alive or state.draining
         block = remembered.encoded_headers
         if block is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from h2 import events as h2events
@@ -108,7 +109,7 @@ class H2Stream:
         self.connection = connection
         self.stream_id = stream_id
         self.cycle: HTTPCycle | None = None
-        self.started_at = connection.loop.time()
+        self.started_at = perf_counter()
         #: Response bytes waiting for the peer's flow-control window, and whether the stream
         #: ends after them.
         self.pending = b""

@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import logging
 import os
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from asgiserve.asgi.scope import ConnectionInfo, websocket_scope
@@ -121,7 +122,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.timer = _Timer.NONE
         self.pongs_seen = 0
-        self.started_at = self.loop.time()
+        self.started_at = perf_counter()
         self.flush_scheduled = False
         self.unflushed = 0
 
