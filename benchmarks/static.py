@@ -567,8 +567,10 @@ def summarise(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
-def _ratio(mine: float | None, theirs: float | None) -> str:
-    return f"**{mine / theirs:.2f}x**" if mine and theirs else "-"
+def _ratio(mine: float | None, theirs: float | None, bold: bool = True) -> str:
+    if not mine or not theirs:
+        return "-"
+    return f"**{mine / theirs:.2f}x**" if bold else f"{mine / theirs:.2f}x"
 
 
 def _goal(what: str, mine: float | None, theirs: float | None, goal: float) -> str | None:
@@ -662,7 +664,8 @@ def render(data: dict[str, Any]) -> str:
         for server in servers:
             entry = summary.get((server, "static20m"))
             if entry is not None and entry["rate"] is not None:
-                ratios = [_ratio(entry["rate"], rate(b, "static20m")) for b in BASELINES]
+                ours = SERVERS[server].hello_command is not None
+                ratios = [_ratio(entry["rate"], rate(b, "static20m"), ours) for b in BASELINES]
                 lines.append(
                     f"| `{server}` | {entry['rate']:,.0f} | {entry['mib']:,.0f} | "
                     + " | ".join(ratios)
@@ -721,7 +724,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"* `{server}`: {info['note']}; `{info['command']}`")
     versions = meta.get("versions", {})
     wanted = (
-        "python", "asgiserve", "asgiserve build", "uvicorn", "starlette", "granian", "uvloop",
+        "python", "asgiserve", "asgiserve build", "asgiserve-compiled build", "uvicorn", "starlette", "granian", "uvloop",
         "httptools", "wrk",
     )  # fmt: skip
     lines += ["", "Versions: " + ", ".join(f"{k} {versions[k]}" for k in wanted if k in versions)]
@@ -732,12 +735,13 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compiled_problem(python: str) -> str | None:
-    """None when run.py's compiled copy of asgiserve builds and really runs compiled."""
+def compiled_build(python: str) -> tuple[str | None, str]:
+    """(None, its build description) when run.py's compiled copy of asgiserve builds and
+    really runs compiled, else (the problem, "")."""
     try:
         tree = harness.compiled_tree(python)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        return f"compiled build: {exc}"
+        return f"compiled build: {exc}", ""
     paths = [str(tree), str(ROOT), os.environ.get("PYTHONPATH")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
     proc = subprocess.run(
@@ -749,8 +753,8 @@ def compiled_problem(python: str) -> str | None:
         check=False,
     )
     if proc.returncode != 0:
-        return "not compiled: " + (proc.stdout + proc.stderr).strip()[-200:]
-    return None
+        return "not compiled: " + (proc.stdout + proc.stderr).strip()[-200:], ""
+    return None, proc.stdout.strip()
 
 
 def make_files(folder: Path) -> None:
@@ -875,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
     args.folder = str(folder)
     make_files(folder)
 
-    specs, skipped = [], {}
+    specs, skipped, compiled = [], {}, ""
     for name in args.servers.split(","):
         spec = SERVERS[name]
         if spec.check:
@@ -889,13 +893,16 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[name] = f"cannot import {', '.join(spec.check)}"
                 print(f"  skip {name}: {skipped[name]}")
                 continue
-        problem = compiled_problem(args.python) if spec.compiled else None
-        if problem is not None:
-            skipped[name] = problem
-            print(f"  skip {name}: {problem}")
-            continue
+        if spec.compiled:
+            problem, compiled = compiled_build(args.python)
+            if problem is not None:
+                skipped[name] = problem
+                print(f"  skip {name}: {problem}")
+                continue
         specs.append(spec)
     versions = harness.collect_versions(args.python, args.wrk)
+    if compiled:
+        versions["asgiserve-compiled build"] = compiled
     with contextlib.suppress(Exception):
         import importlib.metadata as metadata
 
