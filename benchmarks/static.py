@@ -396,12 +396,12 @@ def check(server: Running, digest: str) -> str | None:
             return None if (status, body) == (200, bench_apps.HELLO_BODY) else f"status {status}"
         if status != 200:
             return f"status {status}"
+        coding = fields.get(b"content-encoding", b"identity").strip().lower()
+        if coding != b"identity":
+            raise Unfit(f"Content-Encoding {coding.decode(errors='replace')}, not the file")
         size = len(body)
         if size != test.size or hashlib.sha256(body).hexdigest() != digest:
             return f"wrong body ({size} bytes)"
-        coding = fields.get(b"content-encoding", b"identity").strip().lower()
-        if coding != b"identity":
-            return f"Content-Encoding {coding.decode(errors='replace')} for random bytes"
         if not test.revalidate:
             return None
         # Chromium sends both validators it was given; If-None-Match takes precedence
