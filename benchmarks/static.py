@@ -3,7 +3,7 @@
 ``StaticFiles`` on uvicorn (uvloop + httptools) and granian's static route, in the same run.
 
     python benchmarks/static.py           # full run (~15 min): the "Static files" section of RESULTS.md
-    python benchmarks/static.py --quick   # smoke run (~30 s), report under benchmarks/results/
+    python benchmarks/static.py --quick   # smoke run (~1 min), report under benchmarks/results/
 
 Same conventions as ``run.py`` (whose process, CPU and wrk helpers it uses): each server on
 127.0.0.1 pinned to CPU 0 (``taskset -c 0``), wrk and this script on CPU 1; for each test all
