@@ -595,7 +595,7 @@ def render(data: dict[str, Any]) -> str:
     def cell(server: str, test: str) -> str:
         entry = summary.get((server, test))
         if entry is None or entry["rate"] is None:
-            return "fails (below)" if (server, test) in failed else "-"
+            return "n/a (below)" if (server, test) in failed else "-"
         text = f"{entry['rate']:,.0f}"
         text += (" (!)" if entry["errors"] else "") + (" (~)" if entry["disturbed"] else "")
         if SERVERS[server].hello_command is None:
