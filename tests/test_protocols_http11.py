@@ -328,14 +328,14 @@ def test_field_count_limit_is_configurable(parser_class: Any) -> None:
     assert verdict(parser_class, data, max_fields=2) == 431
 
 
-def test_body_of_a_declined_upgrade_request_reaches_the_app(parser_class: Any) -> None:
+def test_content_length_body_on_an_upgrade_request_is_refused(parser_class: Any) -> None:
+    # Issue 16, defect 7: llhttp skipped the body of an upgrade request, so its bytes were
+    # read as WebSocket frames on httptools and as a body on h11. Neither serves it now.
     data = (
-        b"POST /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-        b"Content-Length: 5\r\n\r\nhel"
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
     )
-    sink = parse(parser_class, data, b"lo", b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert [h.path for h in sink.heads] == [b"/a", b"/b"]
-    assert sink.bodies() == [b"hello", b""]
+    assert verdict(parser_class, data) == 400
 
 
 def test_chunked_body_on_an_upgrade_request_is_refused(parser_class: Any) -> None:
