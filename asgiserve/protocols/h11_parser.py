@@ -17,7 +17,12 @@ matched the grammar, splitting it needs no library, so the verdict is the framer
 
 from __future__ import annotations
 
-from asgiserve.protocols.http11 import RequestFramer, RequestHead, build_request_head
+from asgiserve.protocols.http11 import (
+    RequestFramer,
+    RequestHead,
+    build_request_head,
+    split_head,
+)
 
 __all__ = ["H11Parser"]
 
@@ -28,19 +33,5 @@ class H11Parser(RequestFramer):
     __slots__ = ()
 
     def _parse_head(self, head: bytes) -> RequestHead:
-        # The head matched the grammar: "method SP target SP HTTP/x.y" CRLF, then field lines
-        # "name:value" CRLF (no CR or LF inside), then CRLF.
-        lines = head[:-4].split(b"\r\n")
-        method, target, version = lines[0].split(b" ")
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            # RFC 9112 section 5: OWS around the value is not part of it.
-            headers.append((name.lower(), value.strip(b" \t")))
-        return build_request_head(
-            method.decode("ascii"),
-            target,
-            version[5:].decode("ascii"),
-            headers,
-            max_fields=self._max_fields,
-        )
+        method, target, version, headers = split_head(head)
+        return build_request_head(method, target, version, headers, max_fields=self._max_fields)

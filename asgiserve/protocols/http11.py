@@ -40,6 +40,7 @@ __all__ = [
     "encode_response_head",
     "end_of_head",
     "error_response",
+    "split_head",
 ]
 
 # The request methods both backends accept. llhttp (behind httptools) only knows a fixed list
@@ -365,6 +366,22 @@ MAX_CHUNK_LINE = 4096
 
 # Framing states: one value says what the next bytes are.
 _HEAD, _LENGTH_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_END, _TRAILERS, _SWITCHED = range(7)
+
+
+def split_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]:
+    """Method, target, version and fields (names lower-cased, OWS dropped) of a checked head.
+
+    The head has matched the grammar (``_HEAD_RE``): "method SP target SP HTTP/x.y" CRLF,
+    field lines "name:value" CRLF with no CR or LF inside, then CRLF; splitting it is safe.
+    """
+    lines = head[:-4].split(b"\r\n")
+    method, target, version = lines[0].split(b" ")
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        # RFC 9112 section 5: OWS around the value is not part of it.
+        headers.append((name.lower(), value.strip(b" \t")))
+    return method.decode("ascii"), target, version[5:].decode("ascii"), headers
 
 
 def _line_fault(line: bytes, first: bool) -> str:

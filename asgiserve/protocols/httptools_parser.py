@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import httptools
 
-from asgiserve.protocols.errors import ProtocolError
 from asgiserve.protocols.http11 import (
     RequestFramer,
     RequestHead,
     RequestSink,
     build_request_head,
-    check_request_line,
+    split_head,
 )
 
 __all__ = ["HttptoolsParser"]
@@ -53,25 +52,30 @@ class HttptoolsParser(RequestFramer):
             self._parser = self._new_parser()
         parser = self._parser
         self._fresh = False
-        line_end = head.index(b" HTTP/")
-        method_bytes, _, target = head[:line_end].partition(b" ")
-        method = method_bytes.decode("ascii")
-        version = head[line_end + 6 : line_end + 9].decode("ascii")
+        paused = False
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            pass  # llhttp paused after an upgrade request's head: the framer goes on
-        except httptools.HttpParserError as exc:
+            paused = True  # after an upgrade request's head: the framer goes on
+        except httptools.HttpParserError:
+            # llhttp refuses some heads the grammar allows (it checks framing headers by its
+            # own rules, e.g. "Transfer-Encoding: chunked," and methods from a fixed list):
+            # the shared rules decide, on the head split in Python.
             self._headers = []
-            # llhttp knows a fixed list of methods (and PRI only as HTTP/2's preface): give
-            # the statuses the shared rules give for the request line first.
-            check_request_line(method, version)
-            raise ProtocolError(str(exc) or "malformed request head") from None
+            return build_request_head(*split_head(head), max_fields=self._max_fields)
         headers = self._headers
         self._headers = []
-        request = build_request_head(method, target, version, headers, max_fields=self._max_fields)
+        line_end = head.index(b" HTTP/")
+        method, _, target = head[:line_end].partition(b" ")
+        request = build_request_head(
+            method.decode("ascii"),
+            target,
+            head[line_end + 6 : line_end + 9].decode("ascii"),
+            headers,
+            max_fields=self._max_fields,
+        )
         # llhttp ends a message without a body at its head; anything else leaves it inside.
-        self._fresh = not request.has_body and request.keep_alive and request.upgrade is None
+        self._fresh = not (paused or request.has_body or not request.keep_alive)
         return request
 
     # -- llhttp callbacks ---------------------------------------------------------------------
