@@ -21,7 +21,7 @@ from asgiserve.protocols.http11 import (
     RequestFramer,
     RequestHead,
     build_request_head,
-    split_head,
+    split_fields,
 )
 
 __all__ = ["H11Parser"]
@@ -32,6 +32,7 @@ class H11Parser(RequestFramer):
 
     __slots__ = ()
 
-    def _parse_head(self, head: bytes) -> RequestHead:
-        method, target, version, headers = split_head(head)
-        return build_request_head(method, target, version, headers, max_fields=self._max_fields)
+    def _parse_head(self, head: bytes, method: str, target: bytes, version: str) -> RequestHead:
+        return build_request_head(
+            method, target, version, split_fields(head), max_fields=self._max_fields
+        )

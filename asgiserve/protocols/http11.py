@@ -40,7 +40,7 @@ __all__ = [
     "encode_response_head",
     "end_of_head",
     "error_response",
-    "split_head",
+    "split_fields",
 ]
 
 # The request methods both backends accept. llhttp (behind httptools) only knows a fixed list
@@ -347,7 +347,25 @@ _REQUEST_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [\x21-\x7e]+ HTTP/[0-9]\.[0
 _FIELD_LINE = _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n"
 _REQUEST_LINE_RE = re.compile(_REQUEST_LINE)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
-_HEAD_RE = re.compile(_REQUEST_LINE + rb"(?:" + _FIELD_LINE + rb")*\r\n")
+_HEAD_PATTERNS: dict[tuple[int, int], re.Pattern[bytes]] = {}
+
+
+def _head_pattern(max_request_line: int, max_fields: int) -> re.Pattern[bytes]:
+    """The whole-head check for a pair of limits, one regex call per head: the request line
+    (at most ``max_request_line`` bytes before its CRLF, its three parts captured), at most
+    ``max_fields`` field lines, the empty line."""
+    pattern = _HEAD_PATTERNS.get((max_request_line, max_fields))
+    if pattern is None:
+        pattern = _HEAD_PATTERNS[max_request_line, max_fields] = re.compile(
+            rb"(?=[^\n]{0,%d}\n)([!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
+            rb"\r\n(?:%b){0,%d}\r\n" % (max_request_line + 1, _FIELD_LINE, max_fields)
+        )
+    return pattern
+
+
+# Decoding the common methods and versions is a dictionary lookup.
+_METHOD_NAMES = {name.encode("ascii"): name for name in KNOWN_METHODS}
+_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 _HTTP09_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [\x21-\x7e]+\r\n")
 # What a request line may start with: a method, then a space. Anything else (a TLS handshake,
 # say) is refused at once rather than after the head timeout.
@@ -368,20 +386,20 @@ MAX_CHUNK_LINE = 4096
 _HEAD, _LENGTH_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_END, _TRAILERS, _SWITCHED = range(7)
 
 
-def split_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]:
-    """Method, target, version and fields (names lower-cased, OWS dropped) of a checked head.
+def split_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of a checked head: names lower-cased, the OWS around values dropped.
 
-    The head has matched the grammar (``_HEAD_RE``): "method SP target SP HTTP/x.y" CRLF,
-    field lines "name:value" CRLF with no CR or LF inside, then CRLF; splitting it is safe.
+    The head has matched the grammar (:func:`_head_pattern`): a request line, field lines
+    "name:value" CRLF with no CR or LF inside, then CRLF; splitting it is safe.
     """
-    lines = head[:-4].split(b"\r\n")
-    method, target, version = lines[0].split(b" ")
+    lines = head.split(b"\r\n")
+    del lines[0], lines[-2:]  # the request line; the empty line and what follows it
     headers = []
-    for line in lines[1:]:
+    for line in lines:
         name, _, value = line.partition(b":")
         # RFC 9112 section 5: OWS around the value is not part of it.
         headers.append((name.lower(), value.strip(b" \t")))
-    return method.decode("ascii"), target, version[5:].decode("ascii"), headers
+    return headers
 
 
 def _line_fault(line: bytes, first: bool) -> str:
@@ -405,6 +423,7 @@ class RequestFramer:
     __slots__ = (
         "_chunk_left",
         "_fields",
+        "_head_pattern",
         "_line_start",
         "_max_chunk_line",
         "_max_fields",
@@ -432,6 +451,7 @@ class RequestFramer:
         self._max_head = max_head
         self._max_fields = max_fields
         self._max_chunk_line = max_chunk_line
+        self._head_pattern = _head_pattern(max_request_line, max_fields)
         self._state = _HEAD
         # Bytes kept from earlier reads: always the start of an unfinished element (a head,
         # a chunk-size line, the CRLF after chunk data, a trailer section).
@@ -448,8 +468,9 @@ class RequestFramer:
         #: True while the bytes of a request head are arriving (for the head timeout).
         self.in_head = False
 
-    def _parse_head(self, head: bytes) -> RequestHead:
-        """Turn a complete, checked head (ending in CRLF CRLF) into a RequestHead."""
+    def _parse_head(self, head: bytes, method: str, target: bytes, version: str) -> RequestHead:
+        """Turn a complete, checked head (ending in CRLF CRLF), whose request line was split
+        into its parts, into a RequestHead."""
         raise NotImplementedError
 
     def feed(self, data: bytes) -> None:
@@ -500,25 +521,32 @@ class RequestFramer:
             self.in_head = True
         # The head ends at the first CRLF CRLF; resume the search where the last one stopped.
         scanned = self._scanned
-        stop = buffer.find(b"\r\n\r\n", start + max(scanned - 3, 0))
+        stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
         if stop == -1:
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
         stop += 4
-        head = bytes(buffer[start:stop])
-        if (
-            len(head) > self._max_head
-            or head.find(b"\r\n") > self._max_request_line
-            or head.count(b"\n") - 2 > self._max_fields
-            or _HEAD_RE.fullmatch(head) is None
-        ):
+        # The usual read is one whole request: no copy then.
+        head = (
+            buffer
+            if start == 0 and stop == end and type(buffer) is bytes
+            else bytes(buffer[start:stop])
+        )
+        match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
+        if match is None:
             # Something is wrong: find the first fault, line by line, for its exact status.
             self._check_lines(head, 0, len(head), True, 0)
             raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
         self._scanned = self._line_start = self._fields = 0
         self.in_head = False
-        request = self._parse_head(head)
+        method, target, version = match.groups()
+        request = self._parse_head(
+            head,
+            _METHOD_NAMES.get(method) or method.decode("ascii"),
+            target,
+            _VERSIONS.get(version) or version.decode("ascii"),
+        )
         self._start_body(request, buffer, stop, end)
         return stop if self._state != _SWITCHED else end
 
@@ -644,7 +672,7 @@ class RequestFramer:
         if buffer[start : start + 2] == b"\r\n":
             stop = start + 2
         else:
-            stop = buffer.find(b"\r\n\r\n", start + max(scanned - 3, 0))
+            stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
             if stop != -1:
                 stop += 4
         if stop == -1:

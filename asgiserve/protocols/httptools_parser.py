@@ -24,7 +24,7 @@ from asgiserve.protocols.http11 import (
     RequestHead,
     RequestSink,
     build_request_head,
-    split_head,
+    split_fields,
 )
 
 __all__ = ["HttptoolsParser"]
@@ -47,12 +47,13 @@ class HttptoolsParser(RequestFramer):
         parser.set_dangerous_leniencies(lenient_version=True, lenient_keep_alive=True)
         return parser
 
-    def _parse_head(self, head: bytes) -> RequestHead:
+    def _parse_head(self, head: bytes, method: str, target: bytes, version: str) -> RequestHead:
         if not self._fresh:
             self._parser = self._new_parser()
         parser = self._parser
         self._fresh = False
         paused = False
+        headers = self._headers
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
@@ -61,19 +62,9 @@ class HttptoolsParser(RequestFramer):
             # llhttp refuses some heads the grammar allows (it checks framing headers by its
             # own rules, e.g. "Transfer-Encoding: chunked," and methods from a fixed list):
             # the shared rules decide, on the head split in Python.
-            self._headers = []
-            return build_request_head(*split_head(head), max_fields=self._max_fields)
-        headers = self._headers
+            headers = split_fields(head)
         self._headers = []
-        line_end = head.index(b" HTTP/")
-        method, _, target = head[:line_end].partition(b" ")
-        request = build_request_head(
-            method.decode("ascii"),
-            target,
-            head[line_end + 6 : line_end + 9].decode("ascii"),
-            headers,
-            max_fields=self._max_fields,
-        )
+        request = build_request_head(method, target, version, headers, max_fields=self._max_fields)
         # llhttp ends a message without a body at its head; anything else leaves it inside.
         self._fresh = not (paused or request.has_body or not request.keep_alive)
         return request
