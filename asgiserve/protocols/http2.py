@@ -12,7 +12,11 @@ add what a server needs around it:
   enforcement (a connection error) out of the way, and refuse excess streams one by one with
   RST_STREAM REFUSED_STREAM (RFC 9113 section 5.1.2);
 * "rapid reset" protection (CVE-2023-44487): a client that keeps opening and resetting
-  streams is sent GOAWAY ENHANCE_YOUR_CALM.
+  streams is sent GOAWAY ENHANCE_YOUR_CALM;
+* a :class:`FrameGuard` that reads the frame headers before ``h2`` does, for the connection
+  errors ``h2`` misses or names wrongly: an unfinished header block is bounded in bytes and
+  frames (the 2024 "CONTINUATION flood" class: ``h2`` buffers up to 64 frames of any size),
+  and a SETTINGS ACK with a payload is FRAME_SIZE_ERROR, not PROTOCOL_ERROR.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from h2.settings import SettingCodes, Settings
 
 __all__ = [
     "CONNECTION_PREFACE",
+    "FrameGuard",
     "H2Request",
     "ResetBudget",
     "StreamError",
@@ -177,6 +182,86 @@ def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
         "!II", last_stream_id & 0x7FFFFFFF, error_code
     )
+
+
+_FRAME_HEADERS = 0x1
+_FRAME_SETTINGS = 0x4
+_FRAME_PUSH_PROMISE = 0x5
+_FRAME_CONTINUATION = 0x9
+_FLAG_ACK = 0x1
+_FLAG_END_HEADERS = 0x4
+
+
+class FrameGuard:
+    """Reads the frame headers of the client's byte stream (RFC 9113 section 4.1) and names the
+    connection error, if any, that the bytes so far amount to. ``feed`` every read before
+    ``h2`` sees it; it keeps at most the 9 bytes of a split frame header."""
+
+    __slots__ = (
+        "block_bytes",
+        "block_frames",
+        "header",
+        "max_block_bytes",
+        "max_block_frames",
+        "skip",
+    )
+
+    def __init__(self, *, max_header_list_size: int) -> None:
+        # An unfinished header block may hold as many bytes as the decoded header list may
+        # (HPACK never makes a list much larger than its encoding), in as many frames as a
+        # client splitting it into 1 KiB pieces would send: real clients send one frame, or
+        # pieces of the 16 KiB frame size.
+        self.max_block_bytes = max_header_list_size
+        self.max_block_frames = max(8, max_header_list_size // 1024)
+        #: Bytes still to pass over: the client preface, then the payload of the current frame.
+        self.skip = len(CONNECTION_PREFACE)
+        self.header = b""
+        #: Payload bytes and frames of the header block being received; -1 when none is open.
+        self.block_bytes = -1
+        self.block_frames = 0
+
+    def feed(self, data: bytes) -> int | None:
+        """The error code to close the connection with, or None while the stream is sound."""
+        pos = 0
+        end = len(data)
+        while True:
+            if self.skip:
+                taken = min(self.skip, end - pos)
+                self.skip -= taken
+                pos += taken
+                if self.skip:
+                    return None
+            need = 9 - len(self.header)
+            if end - pos < need:
+                self.header += data[pos:end]
+                return None
+            header = self.header + data[pos : pos + need] if self.header else data[pos : pos + 9]
+            self.header = b""
+            pos += need
+            length = int.from_bytes(header[:3], "big")
+            kind = header[3]
+            flags = header[4]
+            self.skip = length
+            if kind == _FRAME_SETTINGS and flags & _FLAG_ACK and length:
+                # RFC 9113 section 6.5: an ACK with a payload is a FRAME_SIZE_ERROR.
+                return ErrorCodes.FRAME_SIZE_ERROR
+            if kind in (_FRAME_HEADERS, _FRAME_PUSH_PROMISE):
+                self.block_bytes = 0
+                self.block_frames = 0
+            elif kind != _FRAME_CONTINUATION:
+                continue  # h2 checks that nothing else interrupts a header block
+            if self.block_bytes < 0:
+                continue
+            self.block_bytes += length
+            self.block_frames += 1
+            if flags & _FLAG_END_HEADERS:
+                self.block_bytes = -1
+            elif (
+                self.block_bytes > self.max_block_bytes or self.block_frames > self.max_block_frames
+            ):
+                # RFC 9113 section 10.5.1: a header block must be decoded whole to keep the
+                # HPACK state, so one too large to accept ends the connection.
+                return ErrorCodes.ENHANCE_YOUR_CALM
 
 
 class ResetBudget:

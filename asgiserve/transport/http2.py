@@ -41,6 +41,7 @@ from asgiserve.asgi.http import (
 from asgiserve.asgi.scope import http_scope
 from asgiserve.protocols.http2 import (
     CONNECTION_PREFACE,
+    FrameGuard,
     ResetBudget,
     StreamError,
     goaway_frame,
@@ -275,6 +276,7 @@ class HTTP2Connection(asyncio.Protocol):
             initial_window_size=settings.initial_window_size,
         )
         self.streams: dict[int, H2Stream] = {}
+        self.guard = FrameGuard(max_header_list_size=settings.max_header_list_size)
         self.resets = ResetBudget(settings.max_resets)
         self.writing_paused = False
         self.reading_paused = False
@@ -322,6 +324,11 @@ class HTTP2Connection(asyncio.Protocol):
             if data[:24] == CONNECTION_PREFACE and len(data) > 27 and data[27] != 0x4:
                 self._fail(ErrorCodes.PROTOCOL_ERROR)
                 return
+        code = self.guard.feed(data)
+        if code is not None:
+            logger.debug("HTTP/2 connection error %d found by the frame guard", code)
+            self._fail(code)
+            return
         try:
             events = self.h2.receive_data(data)
         except (ProtocolError, FrameTooLargeError, FlowControlError, StreamClosedError) as exc:
@@ -550,7 +557,8 @@ class HTTP2Connection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.deadline = 0.0
-        for stream in self.streams.values():
+        # A copy: each stream's completion removes it from the dict.
+        for stream in list(self.streams.values()):
             stream.ended = True
             if stream.cycle is not None:
                 stream.cycle.disconnect()
