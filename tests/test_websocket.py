@@ -551,3 +551,49 @@ def test_reading_pauses_when_the_app_does_not_receive(server: Any) -> None:
     # 32 queued messages plus socket buffers, not the hundreds of MiB 2 s could carry.
     assert sent < 24 * 1024 * 1024
     client.close()
+
+
+# -- bytes sent with the upgrade request, before the 101 -------------------------------------
+
+
+def upgrade_with(port: int, path: str, data: bytes, until: bytes = b"") -> tuple[bytes, bytes]:
+    """Send the upgrade request and ``data`` in one write; the response head and what followed
+    it until the server closed (or sent ``until``)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + data
+    )
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+            if until and received.endswith(until):
+                break
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_bad_frame_in_the_upgrade_write_gets_the_101_then_the_close(
+    serve: Any, backend: tuple[str, str]
+) -> None:
+    server = serve(ws_app)  # on each parser and loop: both hand the bytes over
+    head, rest = upgrade_with(server.port, "/echo", frame(0x3, b"reserved opcode"))
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert rest[:1] == b"\x88" and struct.unpack("!H", rest[2:4])[0] == 1002, rest
+
+
+def test_message_in_the_upgrade_write_is_read_after_the_101(server: Any) -> None:
+    head, rest = upgrade_with(server.port, "/echo", frame(0x1, b"early"), until=b"early")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert rest == b"\x81\x05early"
+
+
+def test_frames_sent_before_a_denial_are_never_read(server: Any) -> None:
+    head, rest = upgrade_with(server.port, "/close-before-accept", frame(0x3, b"reserved"))
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert rest == b"Forbidden"

@@ -53,6 +53,8 @@ _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
 _PLAIN_DATA_HEADS = (_FIN_TEXT, _FIN_BINARY)  # FIN, no RSV bits, text or binary
 #: Server frame heads (FIN set, unmasked) for payloads under 126 bytes, by opcode and length.
+#: A masked, empty, final continuation frame (see _read_frame_head).
+_EMPTY_FINAL_FRAGMENT = b"\x80\x80\x00\x00\x00\x00"
 _SMALL_HEADS = {
     opcode: [bytes((opcode, n)) for n in range(126)] for opcode in (_FIN_TEXT, _FIN_BINARY)
 }
@@ -103,6 +105,16 @@ class WebSocketCore:
         self._opcode: Opcode | None = None
         self._parts: list[BytesLike] = []
         self._decoder: codecs.IncrementalDecoder | None = None
+        #: The message ended by a close frame (see _read_frame_head): not delivered.
+        self._drop_message = False
+        # What the frame heads handed to websockets said, read before their payload arrives:
+        # the fragmented message open on the wire, the UTF-8 state of its text, and for the
+        # text frame being received its mask key, header bytes still to skip, payload offset.
+        self._wire_message: Opcode | None = None
+        self._wire_decoder: codecs.IncrementalDecoder | None = None
+        self._text_key: bytes | None = None
+        self._text_skip = 0
+        self._text_offset = 0
         self._closed_reported = False
         self._failed = False
         self._max_size = max_size
@@ -136,9 +148,6 @@ class WebSocketCore:
 
     def receive_data(self, data: bytes) -> list[Message | WebSocketClosed]:
         protocol = self._protocol
-        if not self._plain:
-            protocol.receive_data(data)
-            return self._events()
         held = self._held
         if held:
             held += data
@@ -151,16 +160,21 @@ class WebSocketCore:
         while pos < end:
             owed = self._owed
             if owed:
-                # websockets is inside a frame: give it that frame's bytes and no more.
+                # websockets is inside a frame: give it that frame's bytes and no more, so
+                # that an error is found at the same byte whatever the reads were.
                 take = min(owed, end - pos)
                 self._owed = owed - take
-                protocol.receive_data(buf[pos : pos + take])
+                piece = buf[pos : pos + take]
+                protocol.receive_data(piece)
                 pos += take
+                if self._text_key is not None and not self._check_streamed_text(piece):
+                    out.extend(self._events())
+                    pos = end  # the connection is failing: the rest is discarded
+                    break
                 out.extend(self._events())
                 continue
             if protocol.state is not State.OPEN:
                 # Closing or failed: websockets has the rest.
-                self._owed = 0
                 protocol.receive_data(buf[pos:])
                 pos = end
                 out.extend(self._events())
@@ -182,16 +196,21 @@ class WebSocketCore:
                 start = pos + 10
             masked = buf[pos + 1] & 0x80
             if masked:
+                if end < start + 4:
+                    break
                 start += 4
             frame_end = start + length
             if (
                 head not in _PLAIN_DATA_HEADS
-                or self._opcode is not None  # inside a fragmented message
+                or not self._plain
+                or self._wire_message is not None  # inside a fragmented message
                 or not masked
                 or length > self._max_size
                 or length > _FAST_FRAME_LIMIT
+                or (frame_end > end and head == _FIN_TEXT)  # validated as it arrives
             ):
                 self._owed = frame_end - pos
+                self._read_frame_head(head, bool(masked), buf[start - 4 : start], start - pos)
                 continue
             if frame_end > end:
                 break  # wait for the rest of this frame
@@ -212,6 +231,62 @@ class WebSocketCore:
         elif pos < end:
             held += buf[pos:]
         return out
+
+    def _read_frame_head(self, head: int, masked: bool, key: BytesLike, head_size: int) -> None:
+        """Follow the message structure of the frames handed to websockets, which parses them:
+        which message is open, and whether this frame's text is checked as it arrives."""
+        opcode = head & 0x0F
+        self._text_key = None
+        if opcode == Opcode.CLOSE and self._wire_message is not None:
+            # RFC 6455 section 5.4: a close may come between the fragments of a message, and it
+            # ends the connection: the message is dropped (Autobahn 7.1.5 expects the peer's
+            # code echoed). websockets calls it a protocol error, so it gets the message ended
+            # by an empty final fragment of our own first, and we drop that message.
+            self._protocol.receive_data(_EMPTY_FINAL_FRAGMENT)
+            self._drop_message = True
+            self._wire_message = None
+            return
+        if opcode in (Opcode.TEXT, Opcode.BINARY):
+            if self._wire_message is not None:
+                return  # websockets fails it: a new message inside a fragmented one
+            # Reserved bits: compressed (checked once inflated) or an error websockets reports.
+            text = opcode == Opcode.TEXT and self._plain and not head & 0x70
+            self._wire_decoder = codecs.getincrementaldecoder("utf-8")() if text else None
+            if not head & 0x80:
+                self._wire_message = Opcode(opcode)
+        elif opcode == Opcode.CONT:
+            if self._wire_message is None:
+                return  # websockets fails it: nothing to continue
+            if head & 0x80:
+                self._wire_message = None
+            if head & 0x70:
+                return
+        else:
+            return  # a control frame
+        if self._wire_decoder is not None and masked:
+            # RFC 6455 section 8.1: fail as soon as the bytes cannot be UTF-8, not once the
+            # frame or message is whole (Autobahn 6.4.3, 6.4.4).
+            self._text_key = bytes(key)
+            self._text_skip = head_size
+            self._text_offset = 0
+
+    def _check_streamed_text(self, piece: BytesLike) -> bool:
+        skip = min(self._text_skip, len(piece))
+        self._text_skip -= skip
+        payload = piece[skip:]
+        if not payload:
+            return True
+        key = self._text_key
+        assert key is not None and self._wire_decoder is not None
+        turn = self._text_offset % 4
+        self._text_offset += len(payload)
+        try:
+            self._wire_decoder.decode(apply_mask(payload, key[turn:] + key[:turn]))
+        except UnicodeDecodeError:
+            self._text_key = None
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+            return False
+        return True
 
     def receive_eof(self) -> list[Message | WebSocketClosed]:
         self._protocol.receive_eof()
@@ -235,6 +310,11 @@ class WebSocketCore:
                     if opcode is Opcode.TEXT and not self._check_text_part(frame.data):
                         break
             elif opcode is Opcode.CONT:
+                if self._drop_message:
+                    # Our own final fragment before a close: the message is dropped.
+                    self._drop_message = False
+                    self._opcode, self._parts, self._decoder = None, [], None
+                    continue
                 self._parts.append(frame.data)
                 if (
                     self._opcode is Opcode.TEXT
@@ -259,6 +339,10 @@ class WebSocketCore:
 
     def _check_text_part(self, data: BytesLike) -> bool:
         # Validate a fragmented text message as it arrives, so bad UTF-8 closes it early.
+        # Without extensions its bytes were checked on the wire already (_check_streamed_text);
+        # a compressed message can only be checked once inflated.
+        if self._plain:
+            return True
         if self._decoder is None:
             self._decoder = codecs.getincrementaldecoder("utf-8")()
         try:

@@ -8,7 +8,10 @@ after it. We check the handshake with the sans-I/O core; a bad one gets its HTTP
 the app ever running. Otherwise the app runs with a :class:`~asgiserve.asgi.websocket.
 WebSocketCycle` and we are its sink: the 101 response goes out when the app accepts, messages
 go through the core both ways, and reading pauses while the app is ``max_queue`` messages
-behind. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
+behind. Bytes that arrive before the app has accepted (a client must wait for the 101, RFC 6455
+section 4.1, but may not) are held, with reading paused, and read after the 101 is written: the
+core never answers, or fails, a connection the app has not accepted, and a denied one never
+reads them. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
 server's once-a-second sweep, like HTTP timeouts.
 
 Messages the app sends are written once per event-loop iteration (``call_soon``), so an app
@@ -86,10 +89,10 @@ class WebSocketConnection(asyncio.Protocol):
         "cycle",
         "deadline",
         "drain_waiters",
+        "early",
         "flush_scheduled",
         "handshake_headers",
         "loop",
-        "pending_out",
         "pongs_seen",
         "reading_paused",
         "settings",
@@ -113,8 +116,8 @@ class WebSocketConnection(asyncio.Protocol):
         )
         self.cycle: WebSocketCycle | None = None
         self.handshake_headers: list[tuple[str, str]] = []
-        #: Frames the core produced before the app accepted (pongs, say): held until the 101.
-        self.pending_out: list[bytes] = []
+        #: Bytes received before the app accepted, read after the 101; None once accepted.
+        self.early: bytearray | None = bytearray()
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -150,6 +153,13 @@ class WebSocketConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
         if cycle is None:
+            return
+        early = self.early
+        if early is not None:
+            early += data
+            if not self.reading_paused and self.transport is not None:
+                self.reading_paused = True
+                self.transport.pause_reading()
             return
         for event in self.core.receive_data(data):
             if type(event) is Message:
@@ -211,11 +221,11 @@ class WebSocketConnection(asyncio.Protocol):
         head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
         self.transport.write(head)
         self._log(101, 0, response_headers)
-        if self.pending_out:
-            self.transport.write(b"".join(self.pending_out))
-            self.pending_out.clear()
         self._schedule_ping()
-        self._flush()
+        early, self.early = self.early, None
+        if early:
+            self.resume_reading()
+            self.data_received(bytes(early))
 
     def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self._write_http_response(status, headers, body)
@@ -277,11 +287,7 @@ class WebSocketConnection(asyncio.Protocol):
         if transport is None:
             return
         if data:
-            cycle = self.cycle
-            if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
-                self.pending_out.append(data)  # not accepted yet: nothing may precede the 101
-            else:
-                transport.write(data)
+            transport.write(data)
         if eof:
             # The closing handshake is complete (or the connection failed): the server closes
             # the TCP connection first (RFC 6455 section 7.1.1).
