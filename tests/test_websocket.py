@@ -69,6 +69,13 @@ async def ws_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": json.dumps(visible)})
     elif path == "/raise-after-accept":
         raise RuntimeError("boom")
+    elif path == "/take-one":
+        # Takes one message and never asks for another.
+        EVENTS.append(("took", (await receive()).get("text")))
+        await asyncio.sleep(3)
+    elif path == "/close-on-message":
+        await receive()
+        await send({"type": "websocket.close", "code": 4000})
     elif path == "/server-close":
         await send({"type": "websocket.close", "code": 4000, "reason": "done here"})
     elif path == "/flood":
@@ -597,3 +604,46 @@ def test_frames_sent_before_a_denial_are_never_read(server: Any) -> None:
     head, rest = upgrade_with(server.port, "/close-before-accept", frame(0x3, b"reserved"))
     assert head.startswith(b"HTTP/1.1 403 "), head
     assert rest == b"Forbidden"
+
+
+# -- a failure after valid messages: they are answered first -------------------------------
+
+
+def test_message_before_a_bad_frame_is_echoed_before_the_close(server: Any) -> None:
+    # Autobahn 3.2-5.15: the echo of the valid message, then close 1002, and no pong for the
+    # ping that came after the bad frame.
+    client = RawWebSocket(server.port)
+    client.send(frame(0x1, b"hello") + frame(0x3, b"reserved") + frame(0x9, b"ping"))
+    assert client.read_frame() == (0x1, b"hello")
+    assert client.read_frame() == (0x8, struct.pack("!H", 1002) + b"invalid opcode")
+    with pytest.raises(ConnectionError):
+        client.read_frame()
+    client.close()
+
+
+def test_app_that_never_asks_again_gets_the_close_after_the_close_timeout(serve: Any) -> None:
+    server = serve(ws_app, ws_close_timeout=0.2)
+    EVENTS.clear()
+    client = RawWebSocket(server.port, "/take-one")
+    started = time.monotonic()
+    client.send(frame(0x1, b"one") + frame(0x3, b"reserved"))
+    assert client.close_code() == 1002
+    assert time.monotonic() - started < 5  # the close timeout, checked once a second
+    assert EVENTS == [("took", "one")]
+    client.close()
+
+
+def test_app_closing_while_a_failure_waits_sends_the_failure_code(server: Any) -> None:
+    client = RawWebSocket(server.port, "/close-on-message")
+    client.send(frame(0x1, b"one") + frame(0x3, b"reserved"))
+    assert client.close_code() == 1002
+    client.close()
+
+
+def test_compressed_connection_fails_at_once(server: Any) -> None:
+    # With permessage-deflate the server does not frame messages itself: no answers after a
+    # failure, the close goes out at once.
+    client = RawWebSocket(server.port, extensions="permessage-deflate")
+    client.send(frame(0x1, b"hello") + frame(0x3, b"reserved"))
+    assert client.read_frame()[0] == 0x8
+    client.close()

@@ -71,13 +71,15 @@ class Message:
 
 
 class WebSocketClosed:
-    """The closing handshake completed or the connection failed; code and reason."""
+    """The closing handshake completed or the connection failed; code and reason, and whether
+    it failed (our close frame names the peer's error, or ours)."""
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "failed", "reason")
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, failed: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.failed = failed
 
 
 class Handshake:
@@ -128,6 +130,8 @@ class WebSocketCore:
         self._out: list[bytes] = []
         #: Pong frames received so far (keep-alive pings are answered by pongs).
         self.pongs_seen = 0
+        #: A failure's output (its close frame) held back while messages are answered.
+        self._deferred: list[bytes] | None = None
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -384,18 +388,44 @@ class WebSocketCore:
         self._closed_reported = True
         if close is None:
             return WebSocketClosed(CloseCode.ABNORMAL_CLOSURE, "")
-        return WebSocketClosed(close.code, close.reason)
+        return WebSocketClosed(close.code, close.reason, protocol.close_rcvd is None)
+
+    # -- a failure held back -----------------------------------------------------------------
+
+    def defer_failure(self) -> bool:
+        """After a failure: hold its close frame back so that messages can still be sent (the
+        answers to those that came before the bad frame), until ``release_failure``. Only
+        without extensions, where we frame messages ourselves."""
+        if not self._plain or self._deferred is not None:
+            return False
+        self._deferred = self._protocol.data_to_send()
+        return True
+
+    def release_failure(self) -> None:
+        """Queue the held close frame after what was sent meanwhile (see data_to_send)."""
+        if self._deferred is not None:
+            self._out.extend(self._deferred)
+            self._deferred = None
+
+    @property
+    def deferring(self) -> bool:
+        return self._deferred is not None
+
+    @property
+    def sending(self) -> bool:
+        """Data messages may be sent: the connection is open, or a failure is held back."""
+        return self._protocol.state is State.OPEN or self._deferred is not None
 
     # -- sending -----------------------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
-        if self._plain and self._protocol.state is State.OPEN:
+        if self._plain and self.sending:
             self._frame(_FIN_TEXT, text.encode("utf-8"))
         else:
             self._protocol.send_text(text.encode("utf-8"))
 
     def send_bytes(self, data: bytes) -> None:
-        if self._plain and self._protocol.state is State.OPEN:
+        if self._plain and self.sending:
             self._frame(_FIN_BINARY, data)
         else:
             self._protocol.send_binary(data)

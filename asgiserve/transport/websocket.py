@@ -90,6 +90,7 @@ class WebSocketConnection(asyncio.Protocol):
         "deadline",
         "drain_waiters",
         "early",
+        "failure",
         "flush_scheduled",
         "handshake_headers",
         "loop",
@@ -118,6 +119,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.handshake_headers: list[tuple[str, str]] = []
         #: Bytes received before the app accepted, read after the 101; None once accepted.
         self.early: bytearray | None = bytearray()
+        #: A failure whose close waits for the app to answer earlier messages (see _closed).
+        self.failure: WebSocketClosed | None = None
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -172,12 +175,34 @@ class WebSocketConnection(asyncio.Protocol):
                     self.reading_paused = True
                     self.transport.pause_reading()
             elif type(event) is WebSocketClosed:
-                cycle.disconnect(event.code, event.reason)
+                self._closed(cycle, event)
         if self.core.pongs_seen != self.pongs_seen:
             self.pongs_seen = self.core.pongs_seen
             if self.timer == _Timer.PONG:
                 self._schedule_ping()
         self._flush()
+
+    def _closed(self, cycle: WebSocketCycle, event: WebSocketClosed) -> None:
+        if event.failed and cycle.defer_close() and self.core.defer_failure():
+            # The peer's bytes failed the connection after valid messages the app has yet to
+            # answer: it answers them, then the close goes out (Autobahn 3.2-5.15 expect the
+            # echo of the message before the bad frame). Bounded by the close timeout.
+            self.failure = event
+            self._set_timer(_Timer.CLOSE, self.settings.close_timeout)
+            return
+        cycle.close_pending = False
+        cycle.disconnect(event.code, event.reason)
+
+    def messages_answered(self) -> None:
+        """The app asked for a message after answering those before a failure: close now."""
+        failure = self.failure
+        if failure is None:
+            return
+        self.failure = None
+        self.core.release_failure()
+        self._flush()
+        if self.cycle is not None:
+            self.cycle.disconnect(failure.code, failure.reason)
 
     def eof_received(self) -> bool | None:
         for event in self.core.receive_eof():
@@ -190,7 +215,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = None
         self.deadline = 0.0
         if self.cycle is not None:
-            closed = self.core.closed()
+            closed = self.failure or self.core.closed()
+            self.failure = None
             self.cycle.disconnect(*(closed.code, closed.reason) if closed else (1006, ""))
         for waiter in self.drain_waiters:
             if not waiter.done():
@@ -240,7 +266,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def send_message(self, text: str | None, data: bytes | None) -> None:
         core = self.core
-        if not core.open:
+        if not core.sending:
             return
         if text is not None:
             core.send_text(text)
@@ -261,6 +287,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._flush()
 
     def close(self, code: int, reason: str) -> None:
+        if self.failure is not None:
+            self.messages_answered()  # the failure's close, not the app's, goes out
+            return
         self.core.send_close(code, reason)
         self._flush()
         if self.transport is not None and self.timer != _Timer.CLOSE:
@@ -335,6 +364,9 @@ class WebSocketConnection(asyncio.Protocol):
             self._flush()
             transport.abort()
         elif kind == _Timer.CLOSE:
+            if self.failure is not None:
+                self.messages_answered()  # the app did not come back for more: close now
+                return
             transport.abort()
 
     def shutdown(self) -> None:
@@ -343,5 +375,8 @@ class WebSocketConnection(asyncio.Protocol):
         if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
             if self.transport is not None:
                 self.transport.close()
+            return
+        if self.failure is not None:
+            self.messages_answered()
             return
         self.close(1001, "server shutting down")
