@@ -167,7 +167,15 @@ class Client:
         self.conn.send_headers(
             stream_id, [(k.encode(), v.encode()) for k, v in request_headers], end_stream=not body
         )
-        self.responses[stream_id] = {
+        self.track(stream_id)
+        self.flush()
+        if body:
+            self.send_body(stream_id, body)
+        return stream_id
+
+    def track(self, stream_id: int) -> dict[str, Any]:
+        """Start recording what the server sends on a stream; the record."""
+        record = self.responses[stream_id] = {
             "headers": None,
             "data": b"",
             "ended": False,
@@ -175,10 +183,7 @@ class Client:
             "informational": [],
             "trailers": None,
         }
-        self.flush()
-        if body:
-            self.send_body(stream_id, body)
-        return stream_id
+        return record
 
     def send_body(self, stream_id: int, body: bytes) -> None:
         while body:

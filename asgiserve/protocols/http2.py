@@ -11,6 +11,9 @@ add what a server needs around it:
 * the concurrent-stream limit: we advertise ``max_concurrent_streams`` but keep ``h2``'s own
   enforcement (a connection error) out of the way, and refuse excess streams one by one with
   RST_STREAM REFUSED_STREAM (RFC 9113 section 5.1.2);
+* WebSockets over HTTP/2 (RFC 8441): with ``enable_connect_protocol`` we advertise
+  SETTINGS_ENABLE_CONNECT_PROTOCOL and accept the extended CONNECT (``:protocol``) it allows;
+  :func:`parse_request` reports the protocol, the transport runs the WebSocket on the stream;
 * "rapid reset" protection (CVE-2023-44487): a client that keeps opening and resetting
   streams is sent GOAWAY ENHANCE_YOUR_CALM;
 * a :class:`FrameGuard` that reads the frame headers before ``h2`` does, for the connection
@@ -46,7 +49,7 @@ CONNECTION_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 
 
 class StreamError(Exception):
@@ -59,7 +62,7 @@ class StreamError(Exception):
 
 
 class H2Request:
-    __slots__ = ("headers", "method", "path", "query", "scheme")
+    __slots__ = ("headers", "method", "path", "protocol", "query", "scheme")
 
     def __init__(
         self,
@@ -68,16 +71,23 @@ class H2Request:
         path: bytes,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
+        protocol: str | None = None,
     ) -> None:
         self.method = method
         self.scheme = scheme
         self.path = path
         self.query = query
         self.headers = headers
+        #: The extended CONNECT's ``:protocol`` (RFC 8441 section 4): "websocket" or None.
+        self.protocol = protocol
 
 
 def new_connection(
-    *, max_concurrent_streams: int, max_header_list_size: int, initial_window_size: int
+    *,
+    max_concurrent_streams: int,
+    max_header_list_size: int,
+    initial_window_size: int,
+    enable_connect_protocol: bool = False,
 ) -> H2Connection:
     """An ``h2`` server connection that advertises our limits (send the preface yourself:
     ``initiate_connection()`` or ``initiate_upgrade_connection()``)."""
@@ -96,14 +106,18 @@ def new_connection(
             SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: int(enable_connect_protocol),
         },
     )
     return connection
 
 
 def relax_stream_limit(
-    connection: H2Connection, *, initial_window_size: int, max_header_list_size: int
+    connection: H2Connection,
+    *,
+    initial_window_size: int,
+    max_header_list_size: int,
+    enable_connect_protocol: bool = False,
 ) -> None:
     """Call after the preface is sent. ``h2`` would turn one stream too many into a connection
     error; replace its (already advertised) settings with the same ones minus that limit, which
@@ -115,15 +129,19 @@ def relax_stream_limit(
             SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
             SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: int(enable_connect_protocol),
         },
     )
 
 
-def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
+def parse_request(
+    raw_headers: list[tuple[bytes, bytes]], *, connect_protocol: bool = False
+) -> H2Request:
     """Validate a request header list (RFC 9113 sections 8.2, 8.3) into the request facts and
-    the regular headers, with ``:authority`` turned into ``host``."""
-    method = scheme = authority = path = None
+    the regular headers, with ``:authority`` turned into ``host``. With ``connect_protocol``
+    (SETTINGS_ENABLE_CONNECT_PROTOCOL advertised), an extended CONNECT for a WebSocket
+    (RFC 8441 sections 4, 5) is a request too."""
+    method = scheme = authority = path = protocol = None
     headers: list[tuple[bytes, bytes]] = []
     regular_seen = False
     for name, value in raw_headers:
@@ -144,6 +162,11 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
                 if scheme is not None:
                     raise StreamError("duplicate :scheme")
                 scheme = value
+            elif name == b":protocol":
+                if protocol is not None or not connect_protocol:
+                    # RFC 8441 section 3: without the setting, :protocol is malformed.
+                    raise StreamError("unexpected :protocol")
+                protocol = value
             else:
                 if authority is not None:
                     raise StreamError("duplicate :authority")
@@ -161,7 +184,14 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
         headers.append((name, value))
     if method is None:
         raise StreamError("missing :method")
-    if method == b"CONNECT":
+    if protocol is not None:
+        # RFC 8441 section 4: :protocol only on a CONNECT, which then has :scheme, :path and
+        # :authority like any request.
+        if method != b"CONNECT" or path is None or scheme is None or authority is None:
+            raise StreamError("malformed extended CONNECT")
+        if protocol != b"websocket":
+            raise StreamError(f"unsupported :protocol {protocol!r}", ErrorCodes.REFUSED_STREAM)
+    elif method == b"CONNECT":
         raise StreamError("CONNECT is not supported", ErrorCodes.REFUSED_STREAM)
     if path is None or scheme is None:
         raise StreamError("missing :path or :scheme")
@@ -174,7 +204,14 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
     target, _, query = path.partition(b"?")
     if b"#" in target:
         raise StreamError("fragment in :path")
-    return H2Request(method.decode("latin-1"), scheme.decode("latin-1"), target, query, headers)
+    return H2Request(
+        method.decode("latin-1"),
+        scheme.decode("latin-1"),
+        target,
+        query,
+        headers,
+        None if protocol is None else "websocket",
+    )
 
 
 def goaway_frame(last_stream_id: int, error_code: int) -> bytes:

@@ -82,8 +82,16 @@ class WebSocketClosed:
         self.failed = failed
 
 
+#: Stands in for the key an HTTP/2 extended CONNECT does not carry (see handshake).
+_PLACEHOLDER_KEY = b"AAAAAAAAAAAAAAAAAAAAAA=="
+_DROPPED = frozenset(("date",))  # the server adds its own
+#: RFC 8441 section 5: no Sec-WebSocket-Accept; connection-specific fields are not HTTP/2.
+_DROPPED_OVER_HTTP2 = frozenset(("date", "upgrade", "connection", "sec-websocket-accept"))
+
+
 class Handshake:
-    """The outcome of checking an upgrade request: a 101 to send later, or a refusal now."""
+    """The outcome of checking an upgrade request: a 101 (200 over HTTP/2) to send later, or a
+    refusal now."""
 
     __slots__ = ("body", "headers", "status")
 
@@ -94,7 +102,7 @@ class Handshake:
 
     @property
     def accepted(self) -> bool:
-        return self.status == 101
+        return self.status in (101, 200)
 
 
 class WebSocketCore:
@@ -135,18 +143,36 @@ class WebSocketCore:
 
     # -- handshake -------------------------------------------------------------------------
 
-    def handshake(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Handshake:
+    def handshake(
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], *, extended_connect: bool = False
+    ) -> Handshake:
+        """Check an upgrade request; with ``extended_connect``, an HTTP/2 extended CONNECT
+        (RFC 8441 section 5), which carries no Upgrade, Connection or Sec-WebSocket-Key and
+        is accepted with a 200 that has no Sec-WebSocket-Accept."""
+        if extended_connect:
+            # websockets checks an HTTP/1.1 upgrade: give it the parts HTTP/2 does without, so
+            # that the version check and extension negotiation stay its own.
+            headers = [
+                *((k, v) for k, v in headers if k != b"sec-websocket-key"),
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-key", _PLACEHOLDER_KEY),
+            ]
         request = Request(
             path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         )
         response = self._protocol.accept(request)
         self._plain = not self._protocol.extensions
+        dropped = _DROPPED_OVER_HTTP2 if extended_connect else _DROPPED
         kept = [
             (name, value)
             for name, value in response.headers.raw_items()
-            if name.lower() != "date"  # the server adds its own
+            if name.lower() not in dropped
         ]
-        return Handshake(response.status_code, kept, bytes(response.body))
+        status = response.status_code
+        if extended_connect and status == 101:
+            status = 200
+        return Handshake(status, kept, bytes(response.body))
 
     # -- receiving ---------------------------------------------------------------------------
 

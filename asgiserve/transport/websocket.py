@@ -1,4 +1,4 @@
-"""The asyncio side of a WebSocket connection, after the HTTP/1.1 upgrade.
+"""The asyncio side of a WebSocket connection, after the HTTP/1.1 upgrade or on an HTTP/2 stream.
 
 Theory of operation
 -------------------
@@ -11,7 +11,11 @@ go through the core both ways, and reading pauses while the app is ``max_queue``
 behind. Bytes that arrive before the app has accepted (a client must wait for the 101, RFC 6455
 section 4.1, but may not) are held, with reading paused, and read after the 101 is written: the
 core never answers, or fails, a connection the app has not accepted, and a denied one never
-reads them. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
+reads them.
+
+Over HTTP/2 (RFC 8441) the same class runs on one stream: its "transport" is then a
+:class:`ByteStream` that carries the bytes in DATA frames, and a :class:`HandshakeResponder`
+writes the handshake's answer as HEADERS (200 instead of 101). Keep-alive pings and the closing-handshake timeout are deadlines checked by the
 server's once-a-second sweep, like HTTP timeouts.
 
 Messages the app sends are written once per event-loop iteration (``call_soon``), so an app
@@ -26,7 +30,7 @@ import asyncio
 import contextvars
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiserve.asgi.scope import ConnectionInfo, websocket_scope
 from asgiserve.asgi.websocket import WebSocketCycle, WSPhase
@@ -40,10 +44,28 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgiserve.error")
 
-__all__ = ["WebSocketConnection", "WebSocketSettings"]
+__all__ = ["ByteStream", "HandshakeResponder", "WebSocketConnection", "WebSocketSettings"]
 
 #: Unwritten message bytes past which send_message writes now instead of at the loop's turn.
 _FLUSH_AT = 64 * 1024
+
+
+class ByteStream(Protocol):
+    """Where a WebSocket's bytes go: an asyncio transport, or an HTTP/2 stream."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class HandshakeResponder(Protocol):
+    """Answers the handshake where the answer is not HTTP/1.1 bytes on the byte stream."""
+
+    def accept_response(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def http_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a whole response, then end the byte stream."""
 
 
 class WebSocketSettings:
@@ -96,6 +118,7 @@ class WebSocketConnection(asyncio.Protocol):
         "loop",
         "pongs_seen",
         "reading_paused",
+        "responder",
         "settings",
         "started_at",
         "state",
@@ -106,12 +129,18 @@ class WebSocketConnection(asyncio.Protocol):
     )
 
     def __init__(
-        self, state: ServerState, settings: WebSocketSettings, transport: asyncio.Transport
+        self,
+        state: ServerState,
+        settings: WebSocketSettings,
+        transport: ByteStream,
+        responder: HandshakeResponder | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
         self.loop = state.loop
-        self.transport: asyncio.Transport | None = transport
+        self.transport: ByteStream | None = transport
+        #: None: HTTP/1.1, the handshake's answer is written on the transport.
+        self.responder = responder
         self.core = WebSocketCore(
             max_size=settings.max_size, per_message_deflate=settings.per_message_deflate
         )
@@ -133,15 +162,31 @@ class WebSocketConnection(asyncio.Protocol):
 
     def start(self, head: RequestHead, info: ConnectionInfo, trailing: bytes) -> None:
         """Check the handshake and start the app; called right after the protocol switch."""
-        target = head.path + (b"?" + head.query if head.query else b"")
-        handshake = self.core.handshake(target.decode("latin-1"), head.headers)
+        self.start_request(head.path, head.query, head.headers, info, trailing)
+
+    def start_request(
+        self,
+        path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        info: ConnectionInfo,
+        trailing: bytes = b"",
+        *,
+        http2: bool = False,
+    ) -> None:
+        """Check the handshake (an HTTP/1.1 upgrade, or with ``http2`` an extended CONNECT)
+        and start the app."""
+        target = path + (b"?" + query if query else b"")
+        handshake = self.core.handshake(target.decode("latin-1"), headers, extended_connect=http2)
         if not handshake.accepted:
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handshake.headers]
-            self._write_http_response(handshake.status, headers, handshake.body)
+            refusal = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handshake.headers]
+            self._write_http_response(handshake.status, refusal, handshake.body)
             return
         self.handshake_headers = handshake.headers
         self.state.connections.add(self)
-        scope = websocket_scope(info, head.path, head.query, head.headers)
+        scope = websocket_scope(info, path, query, headers)
+        if http2:
+            scope["http_version"] = "2"
         cycle = self.cycle = WebSocketCycle(scope, self, max_queue=self.settings.max_queue)
         task = start_task(self.loop, cycle.run(self.state.app), contextvars.copy_context())
         if not task.done():
@@ -244,9 +289,13 @@ class WebSocketConnection(asyncio.Protocol):
         if subprotocol:
             response_headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
         response_headers.extend(headers)
-        head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
-        self.transport.write(head)
-        self._log(101, 0, response_headers)
+        if self.responder is not None:
+            self.responder.accept_response(response_headers)
+            self._log(200, 0, response_headers)
+        else:
+            head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
+            self.transport.write(head)
+            self._log(101, 0, response_headers)
         self._schedule_ping()
         early, self.early = self.early, None
         if early:
@@ -327,6 +376,9 @@ class WebSocketConnection(asyncio.Protocol):
     ) -> None:
         transport = self.transport
         if transport is None:
+            return
+        if self.responder is not None:
+            self.responder.http_response(status, headers, body)
             return
         kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"connection")]
         framing = b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
