@@ -4,6 +4,7 @@ socket, WebSocket frames built by hand in its DATA frames."""
 from __future__ import annotations
 
 import struct
+import threading
 import time
 import zlib
 from typing import Any
@@ -267,3 +268,35 @@ def test_connection_loss_reaches_the_app(server: Any) -> None:
     while not EVENTS and time.monotonic() < deadline:
         time.sleep(0.02)
     assert EVENTS == [("disconnect", "/echo-h2-lost", 1006, "")]
+
+
+def test_keepalive_pings_go_out_on_the_stream(serve: Any) -> None:
+    server = serve(ws_app, ws_ping_interval=0.3, ws_ping_timeout=5)
+    ws = WebSocketOverH2(server.port)
+    ws.response_headers()
+    opcode, payload = ws.read_frame()  # the server's sweep runs once a second
+    assert opcode == 0x9
+    ws.send(frame(0xA, payload))  # the pong keeps the socket open
+    ws.send(frame(0x1, b"still here"))
+    assert ws.read_frame() == (0x1, b"still here")
+    ws.close()
+
+
+def test_graceful_shutdown_closes_the_websocket_with_1001(serve: Any) -> None:
+    server = serve(ws_app, ws_close_timeout=0.5)
+    ws = WebSocketOverH2(server.port)
+    ws.response_headers()
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    # Raw bytes: h2's client state machine refuses frames that follow the server's GOAWAY,
+    # which RFC 9113 section 6.8 allows on streams already open.
+    received = b""
+    try:
+        while chunk := ws.client.sock.recv(65536):
+            received += chunk
+    except OSError:
+        pass
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert b"\x88\x16\x03\xe9server shutting down" in received  # a close frame, code 1001
+    ws.close()
