@@ -52,9 +52,9 @@ _FAST_FRAME_LIMIT = 256 * 1024
 _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
 _PLAIN_DATA_HEADS = (_FIN_TEXT, _FIN_BINARY)  # FIN, no RSV bits, text or binary
-#: Server frame heads (FIN set, unmasked) for payloads under 126 bytes, by opcode and length.
 #: A masked, empty, final continuation frame (see _read_frame_head).
 _EMPTY_FINAL_FRAGMENT = b"\x80\x80\x00\x00\x00\x00"
+#: Server frame heads (FIN set, unmasked) for payloads under 126 bytes, by opcode and length.
 _SMALL_HEADS = {
     opcode: [bytes((opcode, n)) for n in range(126)] for opcode in (_FIN_TEXT, _FIN_BINARY)
 }
@@ -406,6 +406,7 @@ class WebSocketCore:
             return None
         protocol = self._protocol
         close = protocol.close_rcvd
+        failed = False
         if close is None:
             failed = self._failed or protocol.parser_exc is not None
             if not failed and protocol.state is not State.CLOSED:
@@ -414,7 +415,7 @@ class WebSocketCore:
         self._closed_reported = True
         if close is None:
             return WebSocketClosed(CloseCode.ABNORMAL_CLOSURE, "")
-        return WebSocketClosed(close.code, close.reason, protocol.close_rcvd is None)
+        return WebSocketClosed(close.code, close.reason, failed)
 
     # -- a failure held back -----------------------------------------------------------------
 
@@ -432,10 +433,6 @@ class WebSocketCore:
         if self._deferred is not None:
             self._out.extend(self._deferred)
             self._deferred = None
-
-    @property
-    def deferring(self) -> bool:
-        return self._deferred is not None
 
     @property
     def sending(self) -> bool:
