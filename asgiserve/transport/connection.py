@@ -923,7 +923,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _set_deadline(self, kind: int, timeout: float) -> None:
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+        self.deadline = self.state.clock() + timeout if timeout > 0 else 0.0
 
     def on_deadline(self) -> None:
         """Called by the server's sweep when ``deadline`` has passed."""

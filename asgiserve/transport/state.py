@@ -97,9 +97,13 @@ class ServerState:
         limit_request_body: int | None = None,
         files: RememberedFiles | None = None,
         rewrite_scope: Callable[[Scope], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
+        #: Seconds, monotonic: what deadlines are measured with (the loop's clock; a test
+        #: may give its own to drive the timeouts without waiting).
+        self.clock: Callable[[], float] = loop.time if clock is None else clock
         self.parser_factory = parser_factory
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
@@ -137,7 +141,7 @@ class ServerState:
 
     def sweep_timeouts(self) -> None:
         """Close connections whose keep-alive or request-head deadline passed (once a second)."""
-        now = self.loop.time()
+        now = self.clock()
         for connection in list(self.connections):
             deadline = connection.deadline
             if deadline and now >= deadline:

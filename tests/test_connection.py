@@ -1,0 +1,426 @@
+"""HTTP11Connection in memory: a fake transport, a real event loop stepped explicitly, a clock
+the test moves. No sockets and no sleeps: every test is deterministic and the file runs in
+seconds. Each test runs on both parser backends and both event loops (the ``backend`` fixture).
+
+The fake transport behaves like asyncio's socket transport where the connection can tell:
+``close()`` reports ``connection_lost`` at the loop's next turn, ``pause_reading`` stops
+``feed`` from delivering, and the write buffer calls ``pause_writing``/``resume_writing`` at its
+water marks while the test "reads" from it (:meth:`FakeTransport.drain`). What piled up in that
+buffer is what a flow-control test measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from asgiserve.loading import new_event_loop, parser_factory
+from asgiserve.transport.connection import HTTP11Connection
+from asgiserve.transport.state import ServerState
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+#: The fake transport's write-buffer water marks (asyncio's defaults are 64 KiB / 16 KiB).
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what the connection writes; models reading, a write buffer and closing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.protocol: Any = None
+        self.reading = True
+        self.closed = False
+        self.lost = False
+        #: Everything written, in order, and what the peer has not read yet.
+        self.written = bytearray()
+        self.buffered = 0
+        self.max_buffered = 0
+        self.writing_paused = False
+        #: Bytes the peer sent while reading was paused: delivered on resume_reading.
+        self.pending = bytearray()
+        self.eof_pending = False
+
+    # -- what the connection calls -------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {
+            "peername": ("127.0.0.1", 50000),
+            "sockname": ("127.0.0.1", 8000),
+        }.get(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+        self.buffered += len(data)
+        self.max_buffered = max(self.max_buffered, self.buffered)
+        if self.buffered > HIGH_WATER and not self.writing_paused:
+            self.writing_paused = True
+            self.protocol.pause_writing()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.call_soon(self._lose, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            if self.pending:
+                self.loop.call_soon(self._deliver)
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # -- what the test (the peer) does --------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """The peer sends ``data``: delivered now if reading, else when reading resumes."""
+        self.pending += data
+        if self.reading:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        while self.pending and self.reading and not self.lost:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self.protocol.data_received(data)
+        if self.eof_pending and not self.pending and self.reading and not self.lost:
+            self.eof_pending = False
+            if not self.protocol.eof_received():
+                self.close()
+
+    def send_eof(self) -> None:
+        """The peer shuts down its sending side (SHUT_WR)."""
+        self.eof_pending = True
+        self._deliver()
+
+    def drain(self, count: int | None = None) -> None:
+        """The peer reads ``count`` bytes (all) from the write buffer."""
+        self.buffered = 0 if count is None else max(0, self.buffered - count)
+        if self.writing_paused and self.buffered <= LOW_WATER:
+            self.writing_paused = False
+            self.protocol.resume_writing()
+
+    def drop(self) -> None:
+        """The peer goes away (a reset): connection_lost at once."""
+        self.closed = True
+        self._lose(ConnectionResetError())
+
+    def _lose(self, exc: Exception | None) -> None:
+        if not self.lost:
+            self.lost = True
+            self.protocol.connection_lost(exc)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    chunked: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class Harness:
+    loop: asyncio.AbstractEventLoop
+    connection: HTTP11Connection
+    transport: FakeTransport
+    clock: Clock
+    state: ServerState
+    read_offset: int = 0
+    head_requests: int = field(default=0)
+
+    def send(self, data: bytes, turns: int = 8) -> None:
+        self.transport.send(data)
+        self.step(turns)
+
+    def step(self, turns: int = 8) -> None:
+        """Let the loop run ``turns`` times: the app's tasks advance, nothing waits on time."""
+        for _ in range(turns):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock and run the server's once-a-second sweep."""
+        self.clock.now += seconds
+        self.state.sweep_timeouts()
+        self.step()
+
+    @property
+    def output(self) -> bytes:
+        return bytes(self.transport.written)
+
+    def responses(self) -> list[Response]:
+        """Every complete response written since the last call."""
+        found, self.read_offset = parse_responses(self.output, self.read_offset)
+        return found
+
+    def response(self) -> Response:
+        (one,) = self.responses()
+        return one
+
+
+def parse_responses(data: bytes, offset: int = 0) -> tuple[list[Response], int]:
+    """Split ``data`` into HTTP/1.1 responses (framing by Content-Length, chunked, or close)."""
+    found = []
+    while True:
+        end = data.find(b"\r\n\r\n", offset)
+        if end < 0:
+            return found, offset
+        lines = data[offset:end].split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(b":") for line in lines[1:])
+        ]
+        response = Response(status, headers, b"")
+        position = end + 4
+        length = response.header(b"content-length")
+        if response.header(b"transfer-encoding") == b"chunked":
+            response.chunked = True
+            body = bytearray()
+            while True:
+                line_end = data.find(b"\r\n", position)
+                if line_end < 0:
+                    return found, offset
+                size = int(data[position:line_end].split(b";")[0], 16)
+                position = line_end + 2
+                if size == 0:
+                    trailer_end = data.find(b"\r\n\r\n", position - 2)
+                    if trailer_end < 0:
+                        return found, offset
+                    position = trailer_end + 4
+                    break
+                if len(data) < position + size + 2:
+                    return found, offset
+                body += data[position : position + size]
+                position += size + 2
+            response.body = bytes(body)
+        elif length is not None or status in (204, 304):
+            size = int(length or 0)
+            if len(data) < position + size:
+                return found, offset
+            response.body = data[position : position + size]
+            position += size
+        else:
+            response.body = data[position:]  # close-delimited
+            position = len(data)
+        found.append(response)
+        offset = position
+
+
+@pytest.fixture
+def connect(backend: tuple[str, str]) -> Iterator[Callable[..., Harness]]:
+    """Make an HTTP11Connection for ``app`` on a fake transport; ``options`` go to
+    ServerState."""
+    http, loop_choice = backend
+    loop = new_event_loop(loop_choice)
+    made: list[Harness] = []
+
+    def make(app: App, **options: Any) -> Harness:
+        clock = Clock()
+        timeouts = {"keep_alive_timeout": 5.0, "head_timeout": 10.0}
+        timeouts.update(options.pop("timeouts", {}))
+        state = ServerState(
+            app=app,
+            loop=loop,
+            parser_factory=parser_factory(
+                http, max_request_line=8192, max_head=65536, max_fields=100
+            ),
+            clock=clock,
+            **timeouts,
+            **options,
+        )
+        state.default_headers = b"server: asgiserve\r\n"
+        connection = HTTP11Connection(state)
+        transport = FakeTransport(loop)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        harness = Harness(loop, connection, transport, clock, state)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        if not harness.transport.lost:
+            harness.transport.drop()
+    for task in list(asyncio.all_tasks(loop)):
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+# -- apps ---------------------------------------------------------------------------------------
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    body = scope["path"].encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def echo(scope: Any, receive: Any, send: Any) -> None:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        body += message["body"]
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": bytes(body)})
+
+
+def get(path: str = "/", extra: bytes = b"") -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: a\r\n" + extra + b"\r\n"
+
+
+def post(body: bytes, path: str = "/", extra: bytes = b"") -> bytes:
+    return (
+        b"POST "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n" % len(body)
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+# -- the basics ---------------------------------------------------------------------------------
+
+
+def test_a_request_gets_its_response_and_the_connection_stays_open(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get("/a"))
+    response = h.response()
+    assert (response.status, response.body) == (200, b"/a")
+    assert response.header(b"content-length") == b"2"
+    assert not h.transport.closed
+
+
+def test_pipelined_requests_are_answered_in_order(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get("/1") + get("/2") + get("/3"))
+    assert [r.body for r in h.responses()] == [b"/1", b"/2", b"/3"]
+    assert h.transport.reading
+
+
+def test_a_request_split_across_reads_is_answered(connect: Any) -> None:
+    h = connect(echo)
+    data = post(b"hello world")
+    for i in range(len(data)):
+        h.send(data[i : i + 1], turns=1)
+    h.step()
+    assert h.response().body == b"hello world"
+
+
+def test_reading_pauses_while_the_app_does_not_read_and_resumes_when_it_does(
+    connect: Any,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow_echo(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await echo(scope, receive, send)
+
+    h = connect(slow_echo)
+    body = b"x" * (256 * 1024)
+    data = post(body)
+    for start in range(0, len(data), 16 * 1024):
+        h.send(data[start : start + 16 * 1024])
+    assert not h.transport.reading  # 64 KiB buffered for an app that does not read
+    assert len(h.transport.pending) > 128 * 1024
+    release.set()
+    h.step(20)
+    assert h.response().body == body
+
+
+def test_close_from_the_client_request_closes_after_the_response(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get("/", b"Connection: close\r\n"))
+    assert h.response().header(b"connection") == b"close"
+    assert h.transport.closed
+
+
+def test_the_app_sees_a_disconnect_when_the_client_goes_away(connect: Any) -> None:
+    seen: list[str] = []
+
+    async def waits(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+        seen.append((await receive())["type"])
+
+    h = connect(waits)
+    h.send(get())
+    h.transport.drop()
+    h.step()
+    assert seen == ["http.disconnect"]
+
+
+# -- timeouts -----------------------------------------------------------------------------------
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_timeout(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get())
+    h.responses()
+    h.advance(4.9)
+    assert not h.transport.closed
+    h.advance(0.2)
+    assert h.transport.closed
+    assert h.output.count(b"HTTP/1.1") == 1  # closed quietly
+
+
+def test_a_slow_request_head_gets_408(connect: Any) -> None:
+    h = connect(hello)
+    h.send(b"GET / HTTP/1.1\r\nHost")
+    h.advance(9.9)
+    assert not h.transport.closed
+    h.advance(0.2)
+    assert h.response().status == 408
+    assert h.transport.closed
