@@ -424,3 +424,51 @@ def test_a_slow_request_head_gets_408(connect: Any) -> None:
     h.advance(0.2)
     assert h.response().status == 408
     assert h.transport.closed
+
+
+# -- receive() from several tasks (issue 16, defect 3) -----------------------------------------
+
+
+def test_every_task_waiting_in_receive_sees_the_disconnect(connect: Any) -> None:
+    # Starlette's Request.is_disconnected(): one task waits in receive() for the disconnect
+    # (a streaming response's listener), another calls receive() and cancels it.
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+
+        async def listen() -> None:
+            seen.append((await receive())["type"])
+
+        listener = asyncio.ensure_future(listen())
+        await asyncio.sleep(0)
+        probe = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        probe.cancel()
+        await listener
+
+    h = connect(app)
+    h.send(get())
+    h.transport.drop()
+    h.step()
+    assert seen == ["http.disconnect"]
+
+
+def test_a_cancelled_receive_leaves_no_waiter_behind(connect: Any) -> None:
+    counts: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        for _ in range(100):
+            probe = asyncio.ensure_future(receive())
+            await asyncio.sleep(0)
+            probe.cancel()
+            await asyncio.sleep(0)
+        cycle = h.connection.active
+        counts.append(len(cycle.waiters or ()))
+        await hello(scope, receive, send)
+
+    h = connect(app)
+    h.send(get(), turns=300)
+    assert counts == [0]
+    assert h.response().status == 200

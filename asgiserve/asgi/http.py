@@ -177,7 +177,7 @@ class HTTPCycle:
         "task",
         "trailer_headers",
         "trailers_expected",
-        "waiter",
+        "waiters",
     )
 
     def __init__(
@@ -221,7 +221,9 @@ class HTTPCycle:
         self.expect_continue = expect_continue and has_body
         self.continue_sent = False
         self.disconnected = False
-        self.waiter: asyncio.Future[None] | None = None
+        #: Tasks waiting in receive(): every one is woken (several tasks may wait at once,
+        #: e.g. a streaming response's disconnect listener and Starlette's is_disconnected()).
+        self.waiters: list[asyncio.Future[None]] | None = None
         #: Called once when the response is complete or aborted.
         self.on_complete = on_complete
         #: The task running the app, when it outlived its first step, and the set of running
@@ -267,11 +269,12 @@ class HTTPCycle:
             self._complete()
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _complete(self) -> None:
         self.phase = Phase.DONE
@@ -308,8 +311,21 @@ class HTTPCycle:
             if self.expect_continue and not self.continue_sent and self.phase is Phase.START:
                 self.continue_sent = True
                 self.sink.send_continue()
-            self.waiter = waiter = asyncio.get_running_loop().create_future()
-            await waiter
+            waiter = asyncio.get_running_loop().create_future()
+            waiters = self.waiters
+            if waiters is None:
+                self.waiters = [waiter]
+            else:
+                waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # Not left behind: an app that polls receive() and cancels it (Starlette's
+                # is_disconnected()) would grow the list until the next wake-up.
+                waiters = self.waiters
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                raise
 
     async def send(self, message: Message) -> None:
         phase = self.phase

@@ -406,7 +406,7 @@ class HTTP11Connection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None:
             self.parsing = None
-            if parsing.waiter is None:
+            if parsing.waiters is None:
                 parsing.request_complete = True  # nobody waits: HTTPCycle.end_body, inlined
             else:
                 parsing.end_body()
