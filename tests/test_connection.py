@@ -472,3 +472,44 @@ def test_a_cancelled_receive_leaves_no_waiter_behind(connect: Any) -> None:
     h.send(get(), turns=300)
     assert counts == [0]
     assert h.response().status == 200
+
+
+# -- the sendfile path's socket (issue 16, defect 5) ------------------------------------------
+
+
+def test_a_default_socket_timeout_never_makes_the_file_sender_block(connect: Any) -> None:
+    # socket.setdefaulttimeout() (set by some library) must not turn the socket object the
+    # sender makes over the transport's descriptor into a blocking one: with a full socket
+    # buffer, a send would wait for the timeout with the whole event loop stopped.
+    import select
+    import socket
+    import tempfile
+    import time
+
+    from asgiserve.transport.sendfile import SocketFileSender
+
+    h = connect(hello)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server, tempfile.TemporaryFile() as file:
+        file.write(b"x" * 10)
+        file.flush()
+        server.setblocking(False)
+        while select.select([], [server], [], 0.05)[1]:  # the client never reads
+            try:
+                server.send(b"y" * 65536)
+            except BlockingIOError:
+                pass
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(2.0)
+        try:
+            sender = SocketFileSender(h.loop, h.transport, server.fileno(), server.family)
+            started = time.monotonic()
+            sent = sender.send_now(file.fileno(), 0, 10, b"HTTP/1.1 200 OK\r\n\r\n")
+            elapsed = time.monotonic() - started
+            sender.release()
+        finally:
+            socket.setdefaulttimeout(previous)
+        assert elapsed < 0.5
+        assert sent in (0, 10)  # what the socket took at once (the head waits if need be)

@@ -189,6 +189,9 @@ class SocketFileSender:
                     sock = self.sock = _socket.socket(
                         self.family, socket.SOCK_STREAM, 0, self.sock_fd
                     )
+                    # A new socket object takes socket.getdefaulttimeout(): with one set, a
+                    # send on a full buffer would wait for it with the event loop stopped.
+                    sock.setblocking(False)
                 try:
                     sent = sock.send(prefix, _MSG_MORE)
                 except (BlockingIOError, InterruptedError):
