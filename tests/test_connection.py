@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import pytest
 
 from asgiserve.loading import new_event_loop, parser_factory
@@ -513,3 +514,67 @@ def test_a_default_socket_timeout_never_makes_the_file_sender_block(connect: Any
             socket.setdefaulttimeout(previous)
         assert elapsed < 0.5
         assert sent in (0, 10)  # what the socket took at once (the head waits if need be)
+
+
+# -- response framing is the server's (issue 16, defect 1) ------------------------------------
+
+
+def chunked_app(parts: list[bytes]) -> App:
+    """An app that passes on an upstream's ``transfer-encoding: chunked`` (an ASGI proxy)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"transfer-encoding", b"chunked")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, part in enumerate(parts):
+            more = i < len(parts) - 1
+            await send({"type": "http.response.body", "body": part, "more_body": more})
+
+    return app
+
+
+def h11_exchange(h: Harness, request: bytes, events: list[Any]) -> tuple[h11.Response, bytes]:
+    """Send ``events`` as h11's client would and read the response with h11."""
+    client = h11.Connection(h11.CLIENT)
+    h.send(b"".join(client.send(event) for event in events))
+    client.receive_data(h.output)
+    response = client.next_event()
+    assert isinstance(response, h11.Response), response
+    body = b""
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return response, body
+        else:
+            raise AssertionError(event)
+
+
+@pytest.mark.parametrize("parts", [[b"hello"], [b"hel", b"lo"], [b"hel", b"lo", b""]])
+def test_an_app_transfer_encoding_chunked_is_framed_by_the_server(
+    connect: Any, parts: list[bytes]
+) -> None:
+    h = connect(chunked_app(parts))
+    request = [h11.Request(method="GET", target="/", headers=[("Host", "a")]), h11.EndOfMessage()]
+    response, body = h11_exchange(h, b"", request)
+    assert body == b"hello"
+    names = [name for name, _ in response.headers]
+    assert names.count(b"transfer-encoding") == 1
+    assert b"content-length" not in names  # never both (RFC 9112 section 6.1)
+    h.responses()
+    h.send(get("/next"))
+    assert h.response().body == b"hello"  # the connection is still in step
+
+
+@pytest.mark.parametrize("parts", [[b"hello"], [b"hel", b"lo"]])
+def test_an_app_transfer_encoding_chunked_is_dropped_for_http10(
+    connect: Any, parts: list[bytes]
+) -> None:
+    # RFC 9112 section 6.1: no Transfer-Encoding to an HTTP/1.0 client; the body ends with
+    # the connection (or has a Content-Length).
+    h = connect(chunked_app(parts))
+    h.send(b"GET / HTTP/1.0\r\n\r\n")
+    head, _, body = h.output.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"hello"
+    assert h.transport.closed

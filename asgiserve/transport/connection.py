@@ -728,21 +728,26 @@ class HTTP11Connection(asyncio.Protocol):
         close = not head.keep_alive or not self.keep_alive or self.state.draining
         http10 = head.http_version == "1.0"
         default_headers = self.state.default_headers
+        headers = cycle.response_headers
         app_chunked = False
         flags = cycle.header_flags
         if flags:
-            close, app_chunked, default_headers = self._app_framing(cycle, close, default_headers)
+            close, app_chunked, default_headers, headers = self._app_framing(
+                cycle, close, default_headers
+            )
         chunked = False
         if not cycle.body_allowed or cycle.content_length is not None:
             framing = b""
-        elif not more_body:
+        elif not more_body and not (app_chunked and not http10):
             framing = b"content-length: %d\r\n" % len(body)
         elif http10:
             framing = b""  # close-delimited (RFC 9112 section 6.3, rule 8)
             close = True
         else:
+            # Also when the app asked for chunked itself: its header was taken out, so that
+            # there is exactly one, ours, and the body is framed to match it.
             chunked = True
-            framing = b"" if app_chunked else b"transfer-encoding: chunked\r\n"
+            framing = b"transfer-encoding: chunked\r\n"
         # end_of_head(), inlined: every response passes here.
         if close:
             framing += b"connection: close\r\n\r\n"
@@ -757,20 +762,20 @@ class HTTP11Connection(asyncio.Protocol):
                 body = encode_chunk(body)
             if not more_body:
                 body += LAST_CHUNK
-        self._write(
-            encode_response_head(
-                cycle.status, cycle.response_headers, default_headers, framing, body
-            )
-        )
+        self._write(encode_response_head(cycle.status, headers, default_headers, framing, body))
 
     def _app_framing(
         self, cycle: HTTPCycle, close: bool, default_headers: bytes
-    ) -> tuple[bool, bool, bytes]:
-        """The slow path for responses that set hop-by-hop or default headers themselves."""
+    ) -> tuple[bool, bool, bytes, list[tuple[bytes, bytes]]]:
+        """The slow path for responses that set hop-by-hop or default headers themselves.
+        Returns the headers to send: without the app's ``transfer-encoding``, since framing
+        is the server's (RFC 9112 section 6.1: a response never carries both it and
+        Content-Length, and none goes to an HTTP/1.0 client)."""
         app_chunked = False
         flags = cycle.header_flags
+        headers = cycle.response_headers
         if flags & (HEADER_CONNECTION | HEADER_TRANSFER_ENCODING):
-            for name, value in cycle.response_headers:
+            for name, value in headers:
                 lowered = name.lower()
                 if lowered == b"connection" and b"close" in value.lower():
                     close = True
@@ -778,6 +783,8 @@ class HTTP11Connection(asyncio.Protocol):
                     if value.lower().strip() != b"chunked" or cycle.content_length is not None:
                         raise ValueError(f"Unsupported response Transfer-Encoding {value!r}")
                     app_chunked = True
+            if app_chunked:
+                headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
         if flags & (HEADER_SERVER | HEADER_DATE):
             # The app's own server/date headers replace ours.
             skip = tuple(
@@ -790,7 +797,7 @@ class HTTP11Connection(asyncio.Protocol):
                 for line in default_headers.split(b"\r\n")
                 if line and not line.lower().startswith(skip)
             )
-        return close, app_chunked, default_headers
+        return close, app_chunked, default_headers, headers
 
     def send_body(self, body: bytes, more_body: bool) -> None:
         if self.response_chunked:
