@@ -539,6 +539,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Max bytes in a request body (413 before the app reads past it).",
 )
 @click.option(
+    "--limit-discard-body",
+    type=int,
+    default=_default("limit_discard_body"),
+    metavar="BYTES",
+    show_default=True,
+    help="Max bytes of a request body the app left unread that are read and dropped to keep "
+    "the connection (beyond: close).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),

@@ -84,6 +84,9 @@ class Limits:
     request_fields: int = 100
     #: Bytes in a request body (413 beyond); None: no limit.
     request_body: int | None = None
+    #: Bytes of a request body the app did not read that are read and dropped after its
+    #: response, to keep the connection; beyond this the connection is closed instead.
+    discard_body: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +384,7 @@ def _validate(config: Config) -> None:
     limits = config.limits
     _positive("limit_concurrency", limits.concurrency, allow_none=True)
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
-    for name in ("request_line", "request_head", "request_fields"):
+    for name in ("request_line", "request_head", "request_fields", "discard_body"):
         _positive(f"limit_{name}", getattr(limits, name))
     for name in ("max_concurrent_streams", "max_header_list_size", "max_resets"):
         _positive(f"h2_{name}", getattr(config.h2, name))

@@ -275,6 +275,7 @@ class Server:
                 make_access_log(loop.time, config.access_log_format) if config.access_log else None
             ),
             limit_request_body=config.limits.request_body,
+            limit_discard_body=config.limits.discard_body,
             limit_concurrency=config.limits.concurrency,
             limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,

@@ -578,3 +578,66 @@ def test_an_app_transfer_encoding_chunked_is_dropped_for_http10(
     assert b"transfer-encoding" not in head.lower()
     assert body == b"hello"
     assert h.transport.closed
+
+
+# -- a body the app does not read (issue 16, defect 2) ----------------------------------------
+
+
+def refusing(gate: asyncio.Event) -> App:
+    """401 to a POST without reading its body, once ``gate`` is set (an authentication check
+    that takes a while: meanwhile the body fills the buffer); hello to the rest."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "POST":
+            await gate.wait()
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no"})
+        else:
+            await hello(scope, receive, send)
+
+    return app
+
+
+def send_in_pieces(h: Harness, data: bytes, size: int = 16 * 1024) -> None:
+    for start in range(0, len(data), size):
+        h.send(data[start : start + size], turns=2)
+    h.step()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_unread_body_is_discarded_and_the_next_request_is_answered(
+    connect: Any, chunked: bool
+) -> None:
+    gate = asyncio.Event()
+    h = connect(refusing(gate))
+    body = b"x" * (512 * 1024)
+    if chunked:
+        request = (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(
+                b"4000\r\n" + body[i : i + 0x4000] + b"\r\n" for i in range(0, len(body), 0x4000)
+            )
+            + b"0\r\n\r\n"
+        )
+    else:
+        request = post(body)
+    data = request + get("/next")
+    send_in_pieces(h, data[: 128 * 1024])
+    assert not h.transport.reading  # the app is not reading
+    gate.set()
+    send_in_pieces(h, data[128 * 1024 :])
+    assert [(r.status, r.body) for r in h.responses()] == [(401, b"no"), (200, b"/next")]
+    assert h.transport.reading and not h.transport.closed
+    assert not h.transport.pending
+
+
+def test_an_unread_body_beyond_the_discard_limit_closes_the_connection(connect: Any) -> None:
+    gate = asyncio.Event()
+    h = connect(refusing(gate), limit_discard_body=200 * 1024)
+    data = post(b"x" * (1024 * 1024)) + get("/next")
+    send_in_pieces(h, data[: 128 * 1024])
+    gate.set()
+    send_in_pieces(h, data[128 * 1024 :])
+    assert [r.status for r in h.responses()] == [401]
+    assert h.transport.closed
+    assert len(h.transport.pending) > 512 * 1024  # not read to the end

@@ -474,6 +474,40 @@ def test_reading_pauses_when_the_app_does_not_consume_the_body(serve: Any) -> No
 # -- limits and timeouts ---------------------------------------------------------------------
 
 
+async def _refuse_posts(scope: Any, receive: Any, send: Any) -> None:
+    """401 to a POST without reading its body; hello to the rest."""
+    if scope["type"] == "http":
+        await apps.respond(send, status=401 if scope["method"] == "POST" else 200, body=b"ok")
+
+
+def test_an_unread_body_is_discarded_to_keep_the_connection(serve: Any, raw: Any) -> None:
+    server = serve(_refuse_posts)
+    client = raw(server.port)
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n"
+        + b"x" * 300_000
+        + get(server.port)
+    )
+    assert client.read_response().status == 401
+    assert client.read_response().status == 200
+    assert not client.closed(timeout=0.2)
+
+
+def test_limit_discard_body_closes_the_connection_beyond_it(serve: Any, raw: Any) -> None:
+    server = serve(_refuse_posts, limit_discard_body=65536)
+    client = raw(server.port)
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n" + b"x" * 200_000)
+    assert client.read_response().status == 401
+    assert client.closed()
+
+
+def test_the_new_limits_and_timeouts_have_cli_flags() -> None:
+    from asgiserve.cli import main
+
+    names = {param.name for param in main.params}
+    assert "limit_discard_body" in names
+
+
 def test_idle_keep_alive_connection_is_closed_after_the_timeout(serve: Any, raw: Any) -> None:
     server = serve(apps.app, timeout_keep_alive=1)
     client = raw(server.port)

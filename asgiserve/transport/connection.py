@@ -121,6 +121,7 @@ class HTTP11Connection(asyncio.Protocol):
         "cork_mark",
         "deadline",
         "deadline_kind",
+        "discarded",
         "discarding",
         "drain_waiters",
         "file_sender",
@@ -161,6 +162,8 @@ class HTTP11Connection(asyncio.Protocol):
         #: The request whose body the parser is reading (the active one or the last queued).
         self.parsing: HTTPCycle | None = None
         self.discarding = False
+        #: Bytes dropped so far while discarding (bounded by ``limit_discard_body``).
+        self.discarded = 0
         self.keep_alive = True
         self.closing = False
         self.pending_error: ProtocolError | None = None
@@ -396,7 +399,13 @@ class HTTP11Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         parsing = self.parsing
-        if parsing is None or self.discarding:
+        if self.discarding:
+            # The app answered without reading all of it: dropped, up to a bound.
+            self.discarded += len(data)
+            if self.discarded > self.state.limit_discard_body:
+                self._close()
+            return
+        if parsing is None:
             return
         if parsing.feed_body(data) and parsing is self.active:
             self.body_paused = True
@@ -688,8 +697,11 @@ class HTTP11Connection(asyncio.Protocol):
                 # cannot tell whether the client will send it: start afresh.
                 keep_alive = False
             else:
-                # The app did not read the whole body: read and drop the rest, then go on.
+                # The app did not read the whole body: read and drop the rest at full speed
+                # (reading resumes below), then go on.
                 self.discarding = True
+                self.discarded = 0
+                self.body_paused = False
                 cycle.chunks.clear()
         if not keep_alive:
             self._close()

@@ -95,6 +95,7 @@ class ServerState:
         http2: H2Settings | None = None,
         tls: TLSInfo | None = None,
         limit_request_body: int | None = None,
+        limit_discard_body: int = 1024 * 1024,
         files: RememberedFiles | None = None,
         rewrite_scope: Callable[[Scope], None] | None = None,
         clock: Callable[[], float] | None = None,
@@ -121,6 +122,9 @@ class ServerState:
         self.tls = tls
         #: Largest request body in bytes (413 beyond); None: no limit.
         self.limit_request_body = limit_request_body
+        #: Bytes of a body the app left unread that are read and dropped after its response
+        #: to keep the connection; beyond, it closes.
+        self.limit_discard_body = limit_discard_body
         #: The files the server serves itself (``--static``, ``--mount``): a plain GET of a
         #: file served before is answered without running the app (transport/connection.py).
         self.files = files
