@@ -52,6 +52,12 @@ class Timeouts:
     keep_alive: float = 5.0
     #: From the first byte of a request to the end of its head; then 408 and close.
     request_head: float = 10.0
+    #: While a request body is read, each 64 KiB of it must come within this many seconds
+    #: (a body that trickles in forever); then 408 and close.
+    request_body: float = 30.0
+    #: A client that stops reading a response must take some of it within this many seconds
+    #: (writing resumes); else the connection is dropped.
+    response_write: float = 60.0
     #: On shutdown, how long in-flight requests may take before they are cancelled.
     graceful_shutdown: float = 30.0
     #: With workers: a worker whose event loop does not answer the supervisor's health ping

@@ -269,6 +269,8 @@ class Server:
             parser_factory=factory,
             keep_alive_timeout=config.timeouts.keep_alive,
             head_timeout=config.timeouts.request_head,
+            body_timeout=config.timeouts.request_body,
+            write_timeout=config.timeouts.response_write,
             root_path=config.root_path,
             lifespan_state=lifespan_state,
             access_log=(

@@ -99,7 +99,7 @@ class FakeTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if not self.reading:
             self.reading = True
-            if self.pending:
+            if self.pending or self.eof_pending:
                 self.loop.call_soon(self._deliver)
 
     def is_reading(self) -> bool:
@@ -641,3 +641,149 @@ def test_an_unread_body_beyond_the_discard_limit_closes_the_connection(connect: 
     assert [r.status for r in h.responses()] == [401]
     assert h.transport.closed
     assert len(h.transport.pending) > 512 * 1024  # not read to the end
+
+
+# -- slow clients: body, write and half-close (issue 16, defect 8) ----------------------------
+
+
+def test_a_request_body_that_trickles_in_gets_408_and_a_close(connect: Any) -> None:
+    h = connect(echo, timeouts={"body_timeout": 30.0})
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+    for _ in range(5):
+        h.advance(20)
+        h.send(b"x" * 10)  # bytes keep coming, but far too slowly
+        if h.transport.closed:
+            break
+    assert h.transport.closed
+    assert h.response().status == 408
+
+
+def test_a_request_body_that_makes_progress_is_not_cut_off(connect: Any) -> None:
+    h = connect(echo, timeouts={"body_timeout": 30.0})
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 655360\r\n\r\n")
+    for _ in range(10):
+        h.advance(20)
+        h.send(b"x" * 65536)
+    assert h.response().body == b"x" * 655360
+    assert not h.transport.closed
+
+
+def test_the_body_timeout_does_not_run_while_the_app_is_not_reading(connect: Any) -> None:
+    gate = asyncio.Event()
+
+    async def slow_echo(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await echo(scope, receive, send)
+
+    h = connect(slow_echo, timeouts={"body_timeout": 30.0})
+    data = post(b"x" * (256 * 1024))
+    send_in_pieces(h, data[: 128 * 1024])
+    assert not h.transport.reading
+    h.advance(100)  # the app's fault, not the client's
+    assert not h.transport.closed
+    gate.set()
+    send_in_pieces(h, data[128 * 1024 :])
+    assert h.response().body == b"x" * (256 * 1024)
+
+
+async def big_response(scope: Any, receive: Any, send: Any) -> None:
+    """1 MiB in 64 KiB parts."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(16):
+        await send({"type": "http.response.body", "body": b"z" * 65536, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_response_the_client_never_reads_is_abandoned_after_the_write_timeout(
+    connect: Any,
+) -> None:
+    h = connect(big_response, timeouts={"write_timeout": 60.0})
+    h.send(get())
+    assert h.transport.writing_paused
+    written = len(h.output)
+    h.advance(59)
+    assert not h.transport.closed
+    h.advance(2)
+    assert h.transport.closed
+    assert len(h.output) == written
+    assert not asyncio.all_tasks(h.loop)  # the app's task is over
+
+
+def test_a_client_that_reads_slowly_keeps_its_response(connect: Any) -> None:
+    h = connect(big_response, timeouts={"write_timeout": 60.0})
+    h.send(get())
+    responses: list[Response] = []
+    for _ in range(40):
+        h.advance(50)  # each time, a little before the write timeout
+        h.transport.drain()
+        h.step()
+        responses += h.responses()
+        if responses:
+            break
+    assert [r.body for r in responses] == [b"z" * (1024 * 1024)]
+    assert not h.transport.closed
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(connect: Any) -> None:
+    gate = asyncio.Event()
+
+    async def later(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    h = connect(later)
+    h.transport.send(get("/1") + get("/2"))
+    h.transport.send_eof()
+    h.step()
+    gate.set()
+    h.step(20)
+    assert [r.body for r in h.responses()] == [b"/1", b"/2"]
+    assert h.transport.closed
+
+
+def test_a_half_close_in_the_middle_of_a_body_is_a_disconnect(connect: Any) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    h = connect(reader)
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    h.transport.send_eof()
+    h.step()
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert h.transport.closed
+
+
+def test_an_idle_client_that_half_closes_is_closed(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get())
+    h.transport.send_eof()
+    h.step()
+    assert h.response().status == 200
+    assert h.transport.closed
+
+
+# -- a client that pipelines without reading (issue 16, defect 7) -----------------------------
+
+
+def test_pipelined_requests_wait_while_the_client_does_not_read(connect: Any) -> None:
+    async def sixteen_k(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"r" * 16384})
+
+    h = connect(sixteen_k)
+    h.send(get() * 1000, turns=50)
+    # What piles up for one connection: the write buffer's high-water mark, plus at most a
+    # cork's worth of responses and one response (not 1000 x 16 KiB).
+    assert h.transport.max_buffered < HIGH_WATER + 64 * 1024 + 2 * 16384
+    assert not h.transport.reading
+    responses: list[Response] = []
+    for _ in range(2000):
+        h.transport.drain()
+        h.step(2)
+        responses += h.responses()
+        if len(responses) == 1000:
+            break
+    assert len(responses) == 1000

@@ -505,7 +505,53 @@ def test_the_new_limits_and_timeouts_have_cli_flags() -> None:
     from asgiserve.cli import main
 
     names = {param.name for param in main.params}
-    assert "limit_discard_body" in names
+    assert {"limit_discard_body", "timeout_request_body", "timeout_response_write"} <= names
+
+
+def test_a_request_body_that_trickles_in_gets_408(serve: Any, raw: Any) -> None:
+    server = serve(apps.app, timeout_request_body=1)
+    client = raw(server.port)
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
+    started = time.monotonic()
+    for _ in range(8):  # a byte every half second: never 64 KiB in a second
+        time.sleep(0.5)
+        try:
+            client.send(b"x")
+        except OSError:
+            break
+    assert client.read_response().status == 408
+    assert client.closed()
+    assert time.monotonic() - started < 4
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(serve: Any) -> None:
+    server = serve(apps.app, timeout_response_write=1)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(get(server.port, "/big?mb=50"))
+    time.sleep(3.5)  # write timeout, plus the once-a-second sweep, plus slack
+    sock.settimeout(5)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert received < 50 * 1024 * 1024  # dropped, not waited for
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(serve: Any) -> None:
+    server = serve(apps.app)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(get(server.port) + get(server.port))
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 2
 
 
 def test_idle_keep_alive_connection_is_closed_after_the_timeout(serve: Any, raw: Any) -> None:

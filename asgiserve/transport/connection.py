@@ -85,6 +85,13 @@ class _Deadline:
     NONE: Final = 0
     IDLE: Final = 1  # keep-alive timeout: close quietly
     HEAD: Final = 2  # request head too slow: 408 and close
+    BODY: Final = 3  # request body too slow (or a discarded one): 408 (if we can) and close
+    WRITE: Final = 4  # the client does not read its response: drop the connection
+
+
+#: Request body bytes that count as progress: each such amount must come within
+#: ``body_timeout`` of the last.
+BODY_PROGRESS = 64 * 1024
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:
@@ -114,6 +121,7 @@ class HTTP11Connection(asyncio.Protocol):
         "active_head",
         "answering",
         "body_paused",
+        "body_progress",
         "closing",
         "context",
         "cork",
@@ -164,6 +172,8 @@ class HTTP11Connection(asyncio.Protocol):
         self.discarding = False
         #: Bytes dropped so far while discarding (bounded by ``limit_discard_body``).
         self.discarded = 0
+        #: Body bytes read since the body deadline was last pushed back.
+        self.body_progress = 0
         self.keep_alive = True
         self.closing = False
         self.pending_error: ProtocolError | None = None
@@ -246,17 +256,40 @@ class HTTP11Connection(asyncio.Protocol):
             self.file_sender.connection_lost()
 
     def eof_received(self) -> bool | None:
-        # A client that shuts down its sending side has, for HTTP/1.1 in practice, gone away:
-        # let the transport close so that a waiting app sees http.disconnect now rather than
-        # when a write finally fails.
-        return None
+        # A client may shut down its sending side once its request is out (RFC 9112 section
+        # 9.6 lets either side close; a half-close is how some clients say "no more
+        # requests"): answer what was read, then close. Nothing more can come, so a body cut
+        # short is a disconnect for its app, and an idle connection closes now.
+        self.keep_alive = False
+        parsing = self.parsing
+        if parsing is not None:
+            self.parsing = None
+            if self.discarding:
+                self.discarding = False
+            else:
+                parsing.disconnect()
+        if self._idle() or self.closing:
+            return None  # the transport closes
+        # Whether the client waits for its answers or has gone, only a write can tell: the
+        # apps go on, and one that listens for a disconnect hears of it (HTTPCycle.end_input).
+        active = self.active
+        if active is not None:
+            active.end_input()
+        for cycle, _head in self.queue:
+            cycle.end_input()
+        return True
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._set_deadline(_Deadline.WRITE, self.state.write_timeout)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.deadline_kind == _Deadline.WRITE:
+            self._rearm_deadline()
         self._wake_drain_waiters()
+        if self.active is None and self.queue and not self.closing:
+            self._run_queue()  # requests held back while the client did not read
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -278,7 +311,7 @@ class HTTP11Connection(asyncio.Protocol):
                 self._run_queue()
             elif self.parser.in_head and self.deadline_kind != _Deadline.HEAD:
                 self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
-        elif self.queue and not self.reading_paused:
+        if self.queue and not self.reading_paused:
             # Pipelined requests are waiting: stop reading until they have been served.
             self._pause_reading()
 
@@ -410,6 +443,14 @@ class HTTP11Connection(asyncio.Protocol):
         if parsing.feed_body(data) and parsing is self.active:
             self.body_paused = True
             self._pause_reading()
+            if self.deadline_kind == _Deadline.BODY:
+                self._rearm_deadline()  # the app is slow, not the client
+        elif self.deadline_kind == _Deadline.BODY:
+            progress = self.body_progress + len(data)
+            if progress >= BODY_PROGRESS:
+                progress = 0
+                self._set_deadline(_Deadline.BODY, self.state.body_timeout)
+            self.body_progress = progress
 
     def on_request_end(self) -> None:
         parsing = self.parsing
@@ -422,6 +463,10 @@ class HTTP11Connection(asyncio.Protocol):
         if self.discarding:
             self.discarding = False
             self._update_reading()
+            self._rearm_deadline()
+        elif self.deadline_kind == _Deadline.BODY:
+            self.deadline = 0.0
+            self.deadline_kind = _Deadline.NONE
 
     # -- running requests ----------------------------------------------------------------------
 
@@ -432,12 +477,22 @@ class HTTP11Connection(asyncio.Protocol):
         if len(queue) > 1 and self.cork is None:
             self.cork = cork = []
         try:
-            while self.active is None and queue and not self.closing and not self.answering:
+            while (
+                self.active is None
+                and queue
+                and not self.closing
+                and not self.answering
+                and not self.writing_paused  # the client is not reading what we wrote
+            ):
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
-                self.deadline = 0.0
-                self.deadline_kind = _Deadline.NONE
+                if cycle.request_complete:
+                    self.deadline = 0.0
+                    self.deadline_kind = _Deadline.NONE
+                else:
+                    self.body_progress = 0
+                    self._set_deadline(_Deadline.BODY, self.state.body_timeout)
                 self._start(cycle)
         finally:
             if cork is not None:
@@ -447,7 +502,9 @@ class HTTP11Connection(asyncio.Protocol):
                     self.loop.call_soon(self._check_cork)
                 else:
                     self._uncork()
-        if self.reading_paused:
+        if queue:
+            self._pause_reading()
+        elif self.reading_paused:
             self._update_reading()
 
     def _check_cork(self) -> None:
@@ -718,7 +775,10 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if self.parser.in_head:
+        if self.discarding:
+            self.body_progress = 0
+            self._set_deadline(_Deadline.BODY, self.state.body_timeout)
+        elif self.parser.in_head:
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
             self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
@@ -914,6 +974,7 @@ class HTTP11Connection(asyncio.Protocol):
         if self.body_paused:
             self.body_paused = False
             self._update_reading()
+            self._rearm_deadline()
 
     def abort(self) -> None:
         self.keep_alive = False
@@ -941,15 +1002,52 @@ class HTTP11Connection(asyncio.Protocol):
                     waiter.set_result(None)
 
     def _set_deadline(self, kind: int, timeout: float) -> None:
+        if self.writing_paused and kind != _Deadline.WRITE:
+            return  # the write deadline holds until writing resumes (_rearm_deadline)
         self.deadline_kind = kind
         self.deadline = self.state.clock() + timeout if timeout > 0 else 0.0
+
+    def _rearm_deadline(self) -> None:
+        """The deadline for where the connection stands, after writing resumed or the app
+        took up (or stopped) reading the body."""
+        self.deadline = 0.0
+        self.deadline_kind = _Deadline.NONE
+        if self.closing:
+            return
+        state = self.state
+        if self.writing_paused:
+            self._set_deadline(_Deadline.WRITE, state.write_timeout)
+        elif self.discarding or (
+            self.active is not None and self.parsing is self.active and not self.body_paused
+        ):
+            self.body_progress = 0
+            self._set_deadline(_Deadline.BODY, state.body_timeout)
+        elif self._idle():
+            if self.parser.in_head:
+                self._set_deadline(_Deadline.HEAD, state.head_timeout)
+            else:
+                self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
 
     def on_deadline(self) -> None:
         """Called by the server's sweep when ``deadline`` has passed."""
         kind = self.deadline_kind
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.closing or self.active is not None or self.answering:
+        if self.closing:
+            return
+        if kind == _Deadline.WRITE:
+            logger.debug("Dropping a connection whose client stopped reading")
+            self._file_lost()  # the same end: the response cannot be delivered
+            return
+        if kind == _Deadline.BODY:
+            if self.discarding:
+                self._close()
+            else:
+                self._on_protocol_error(
+                    ProtocolError("request body not received in time", HTTPStatus.REQUEST_TIMEOUT)
+                )
+            return
+        if self.active is not None or self.answering:
             return
         if kind == _Deadline.HEAD:
             self._send_error(

@@ -85,6 +85,8 @@ class ServerState:
         parser_factory: ParserFactory,
         keep_alive_timeout: float,
         head_timeout: float,
+        body_timeout: float = 30.0,
+        write_timeout: float = 60.0,
         root_path: str = "",
         lifespan_state: dict[str, Any] | None = None,
         access_log: AccessLog | None = None,
@@ -108,6 +110,10 @@ class ServerState:
         self.parser_factory = parser_factory
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
+        #: A request body being read must make progress (BODY_PROGRESS bytes) this often.
+        self.body_timeout = body_timeout
+        #: A client that does not read must let writing resume within this many seconds.
+        self.write_timeout = write_timeout
         self.root_path = root_path
         self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
         self.access_log = access_log
