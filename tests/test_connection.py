@@ -787,3 +787,43 @@ def test_pipelined_requests_wait_while_the_client_does_not_read(connect: Any) ->
         if len(responses) == 1000:
             break
     assert len(responses) == 1000
+
+
+# -- flow control towards the client (issue 16, defect 9) -------------------------------------
+
+
+async def big_or_hello(scope: Any, receive: Any, send: Any) -> None:
+    if scope["path"] == "/big":
+        await big_response(scope, receive, send)
+    else:
+        await hello(scope, receive, send)
+
+
+def read_all(h: Harness, expected: int) -> list[Response]:
+    """The client reads everything, until ``expected`` responses are complete."""
+    responses: list[Response] = []
+    for _ in range(1000):
+        h.transport.drain()
+        h.step(2)
+        responses += h.responses()
+        if len(responses) >= expected:
+            break
+    return responses
+
+
+def test_a_big_response_waits_for_a_client_that_does_not_read(connect: Any) -> None:
+    h = connect(big_or_hello)
+    h.send(get("/big"), turns=50)
+    # Without pause_writing honoured, the whole MiB would be in the buffer.
+    assert h.transport.max_buffered <= HIGH_WATER + 65536
+    assert [len(r.body) for r in read_all(h, 1)] == [1024 * 1024]
+
+
+def test_a_big_response_inside_a_pipelined_burst_keeps_flow_control(connect: Any) -> None:
+    # Responses to a pipelined burst are held back to be written together: a large one among
+    # them is still written as it goes, so that its send() waits for the client.
+    h = connect(big_or_hello)
+    h.send(get("/1") * 3 + get("/big") + get("/2"), turns=50)
+    assert h.transport.max_buffered <= HIGH_WATER + 2 * 65536
+    bodies = [r.body for r in read_all(h, 5)]
+    assert bodies[:3] == [b"/1"] * 3 and len(bodies[3]) == 1024 * 1024 and bodies[4] == b"/2"
