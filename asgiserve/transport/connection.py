@@ -79,6 +79,71 @@ _FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
 _MAYBE_PRIOR_KNOWLEDGE = b"h2 prior knowledge?"
 
 
+class Stage:
+    """Where an HTTP/1.1 connection stands: one value, changed only through
+    :meth:`HTTP11Connection._enter`, which checks :data:`TRANSITIONS` (the table is in
+    docs/architecture.md). Plain ``Final`` ints rather than an ``enum``: the compiled build
+    compares them natively on every request.
+
+    Which request is active and which wait is data (``active``, ``queue``), not stage;
+    whether the transport reads is derived from the stage and a few reasons
+    (:meth:`HTTP11Connection._may_read`)."""
+
+    IDLE: Final = 0  # no request in progress: waiting for one (keep-alive deadline)
+    HEAD: Final = 1  # part of a request head has come (head deadline)
+    RECEIVING: Final = 2  # the app runs; its request body is still arriving (body deadline)
+    RESPONDING: Final = 3  # the app runs; its request body is complete (or there is none)
+    ANSWERING: Final = 4  # the server's own answer to a file waits in this turn's batch
+    DISCARDING: Final = 5  # the response is out; the body the app left unread is dropped
+    CLOSING: Final = 6  # closed by us: nothing more is read or written
+    UPGRADED: Final = 7  # a WebSocket or HTTP/2 connection took the transport over
+    CLOSED: Final = 8  # the transport is gone (connection_lost)
+
+
+STAGE_NAMES: Final = (
+    "IDLE",
+    "HEAD",
+    "RECEIVING",
+    "RESPONDING",
+    "ANSWERING",
+    "DISCARDING",
+    "CLOSING",
+    "UPGRADED",
+    "CLOSED",
+)
+
+#: The allowed transitions, from each stage. Every stage may go to CLOSING (a protocol error,
+#: a timeout, an abort, shutdown) and to CLOSED (the client went away), except the last ones.
+_TRANSITIONS: Final[dict[int, tuple[int, ...]]] = {
+    # A request (read whole, or the rest of its head) starts the app or the server's answer;
+    # an upgrade hands the transport over.
+    Stage.IDLE: (Stage.HEAD, Stage.RECEIVING, Stage.RESPONDING, Stage.ANSWERING, Stage.UPGRADED),
+    # A head completes (answered at once by the server, the connection is idle again).
+    Stage.HEAD: (Stage.IDLE, Stage.RECEIVING, Stage.RESPONDING, Stage.ANSWERING, Stage.UPGRADED),
+    # The body ends; or the response completes first: what is left of the body is dropped
+    # (DISCARDING), or the connection closes.
+    Stage.RECEIVING: (Stage.RESPONDING, Stage.IDLE, Stage.HEAD, Stage.DISCARDING),
+    # The response completes: idle, or the next pipelined request starts.
+    Stage.RESPONDING: (Stage.IDLE, Stage.HEAD, Stage.RECEIVING, Stage.RESPONDING),
+    # The batch sends the answer: done (idle), or the rest of the file needs a task
+    # (RESPONDING), or the file went and the app answers after all (IDLE, then the queue).
+    Stage.ANSWERING: (Stage.IDLE, Stage.HEAD, Stage.RESPONDING),
+    # The dropped body ends.
+    Stage.DISCARDING: (Stage.IDLE,),
+    # The transport goes once closed; after an upgrade it is another protocol's.
+    Stage.CLOSING: (Stage.CLOSED,),
+    Stage.UPGRADED: (),
+    Stage.CLOSED: (),
+}
+#: The same table as bitmasks, with CLOSING and CLOSED added to every open stage, for a
+#: cheap check: bit ``t`` of ``ALLOWED[s]`` is set when ``s -> t`` is allowed.
+ALLOWED: Final[tuple[int, ...]] = tuple(
+    sum(1 << target for target in _TRANSITIONS[stage])
+    | ((1 << Stage.CLOSING) | (1 << Stage.CLOSED) if stage < Stage.CLOSING else 0)
+    for stage in range(len(STAGE_NAMES))
+)
+
+
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
@@ -119,10 +184,7 @@ class HTTP11Connection(asyncio.Protocol):
     __slots__ = (
         "active",
         "active_head",
-        "answering",
-        "body_paused",
         "body_progress",
-        "closing",
         "context",
         "cork",
         "cork_bytes",
@@ -130,7 +192,6 @@ class HTTP11Connection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "discarded",
-        "discarding",
         "drain_waiters",
         "file_sender",
         "info",
@@ -145,6 +206,7 @@ class HTTP11Connection(asyncio.Protocol):
         "response_chunked",
         "response_close",
         "responses_done",
+        "stage",
         "started_at",
         "state",
         "transport",
@@ -164,23 +226,21 @@ class HTTP11Connection(asyncio.Protocol):
         #: The request whose response is being produced.
         self.active: HTTPCycle | None = None
         self.active_head: RequestHead | None = None
-        #: The server's own answer to the request (_answer_file) waits in the answer batch:
-        #: the connection is as busy as with an active request.
-        self.answering = False
+        #: Where the connection stands (see Stage).
+        self.stage: int = Stage.IDLE
         #: The request whose body the parser is reading (the active one or the last queued).
         self.parsing: HTTPCycle | None = None
-        self.discarding = False
-        #: Bytes dropped so far while discarding (bounded by ``limit_discard_body``).
+        #: Bytes dropped so far while DISCARDING (bounded by ``limit_discard_body``).
         self.discarded = 0
         #: Body bytes read since the body deadline was last pushed back.
         self.body_progress = 0
         self.keep_alive = True
-        self.closing = False
         self.pending_error: ProtocolError | None = None
         self.response_chunked = False
         self.response_close = False
+        #: The transport's reading state as we last set it (see _may_read), and its writing
+        #: state as it last told us (pause_writing).
         self.reading_paused = False
-        self.body_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         #: How files are sent on this connection (made on first use); told when it is lost.
@@ -239,7 +299,8 @@ class HTTP11Connection(asyncio.Protocol):
                 self._switch_to_http2(b"", None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        if self.stage != Stage.UPGRADED:
+            self._enter(Stage.CLOSED)
         self.state.connections.discard(self)
         self.deadline = 0.0
         active = self.active
@@ -264,11 +325,11 @@ class HTTP11Connection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None:
             self.parsing = None
-            if self.discarding:
-                self.discarding = False
+            if self.stage == Stage.DISCARDING:
+                self._enter(Stage.IDLE)
             else:
                 parsing.disconnect()
-        if self._idle() or self.closing:
+        if self._idle() or self.stage >= Stage.CLOSING:
             return None  # the transport closes
         # Whether the client waits for its answers or has gone, only a write can tell: the
         # apps go on, and one that listens for a disconnect hears of it (HTTPCycle.end_input).
@@ -288,11 +349,11 @@ class HTTP11Connection(asyncio.Protocol):
         if self.deadline_kind == _Deadline.WRITE:
             self._rearm_deadline()
         self._wake_drain_waiters()
-        if self.active is None and self.queue and not self.closing:
+        if self.active is None and self.queue and self.stage < Stage.CLOSING:
             self._run_queue()  # requests held back while the client did not read
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.stage >= Stage.CLOSING:
             return
         if self.upgrade_to is _MAYBE_PRIOR_KNOWLEDGE:
             self.upgrade_to = None
@@ -304,12 +365,14 @@ class HTTP11Connection(asyncio.Protocol):
             self.parser.feed(data)
         except ProtocolError as exc:
             self._on_protocol_error(exc)
-        if self.closing:  # set by the parser's callbacks: mypy cannot know
-            return  # type: ignore[unreachable]  # an error closed us, or a WebSocket took over
+        stage = self.stage
+        if stage >= Stage.CLOSING:
+            return  # an error closed us, or a WebSocket took over
         if self.active is None:
             if self.queue:
                 self._run_queue()
-            elif self.parser.in_head and self.deadline_kind != _Deadline.HEAD:
+            elif stage == Stage.IDLE and self.parser.in_head:
+                self._enter(Stage.HEAD)
                 self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         if self.queue and not self.reading_paused:
             # Pipelined requests are waiting: stop reading until they have been served.
@@ -344,8 +407,7 @@ class HTTP11Connection(asyncio.Protocol):
         if (
             files is not None
             # _idle() and no cork, inlined: this runs for every request.
-            and self.active is None
-            and not self.answering
+            and self.stage <= Stage.HEAD
             and not self.queue
             and self.cork is None
             and head.method == "GET"
@@ -413,7 +475,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _release(self) -> None:
         """This object is done with the transport: another protocol takes it over."""
-        self.closing = True
+        self._enter(Stage.UPGRADED)
         self.deadline = 0.0
         self.upgrade_to = None
         self.state.connections.discard(self)
@@ -432,7 +494,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         parsing = self.parsing
-        if self.discarding:
+        if self.stage == Stage.DISCARDING:
             # The app answered without reading all of it: dropped, up to a bound.
             self.discarded += len(data)
             if self.discarded > self.state.limit_discard_body:
@@ -441,7 +503,7 @@ class HTTP11Connection(asyncio.Protocol):
         if parsing is None:
             return
         if parsing.feed_body(data) and parsing is self.active:
-            self.body_paused = True
+            # The app's buffer is full (HTTPCycle.reading_paused): wait for it to read.
             self._pause_reading()
             if self.deadline_kind == _Deadline.BODY:
                 self._rearm_deadline()  # the app is slow, not the client
@@ -460,13 +522,16 @@ class HTTP11Connection(asyncio.Protocol):
                 parsing.request_complete = True  # nobody waits: HTTPCycle.end_body, inlined
             else:
                 parsing.end_body()
-        if self.discarding:
-            self.discarding = False
+        stage = self.stage
+        if stage == Stage.RECEIVING and parsing is self.active:
+            self._enter(Stage.RESPONDING)
+            if self.deadline_kind == _Deadline.BODY:
+                self.deadline = 0.0
+                self.deadline_kind = _Deadline.NONE
+        elif stage == Stage.DISCARDING:
+            self._enter(Stage.IDLE)
             self._update_reading()
             self._rearm_deadline()
-        elif self.deadline_kind == _Deadline.BODY:
-            self.deadline = 0.0
-            self.deadline_kind = _Deadline.NONE
 
     # -- running requests ----------------------------------------------------------------------
 
@@ -478,25 +543,25 @@ class HTTP11Connection(asyncio.Protocol):
             self.cork = cork = []
         try:
             while (
-                self.active is None
+                self.stage <= Stage.HEAD
                 and queue
-                and not self.closing
-                and not self.answering
                 and not self.writing_paused  # the client is not reading what we wrote
             ):
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
                 if cycle.request_complete:
+                    self._enter(Stage.RESPONDING)
                     self.deadline = 0.0
                     self.deadline_kind = _Deadline.NONE
                 else:
+                    self._enter(Stage.RECEIVING)
                     self.body_progress = 0
                     self._set_deadline(_Deadline.BODY, self.state.body_timeout)
                 self._start(cycle)
         finally:
             if cork is not None:
-                if not EAGER_TASKS and self.active is not None and not self.closing:
+                if not EAGER_TASKS and self.active is not None and self.stage < Stage.CLOSING:
                     # The request just started runs at the loop's next turn: keep the cork.
                     self.cork_mark = self.responses_done
                     self.loop.call_soon(self._check_cork)
@@ -552,8 +617,27 @@ class HTTP11Connection(asyncio.Protocol):
             tasks.add(task)
 
     def _idle(self) -> bool:
-        """No request in progress or waiting: no active cycle, no queue, no waiting answer."""
-        return self.active is None and not self.queue and not self.answering
+        """No request in progress or waiting (dropping what is left of a body is not one)."""
+        stage = self.stage
+        return (stage <= Stage.HEAD or stage == Stage.DISCARDING) and not self.queue
+
+    def _enter(self, stage: int) -> None:
+        """Move to ``stage``; a move the table does not allow is a bug."""
+        if not ALLOWED[self.stage] >> stage & 1:
+            raise RuntimeError(
+                f"HTTP/1.1 connection: {STAGE_NAMES[self.stage]} -> {STAGE_NAMES[stage]}"
+                " is not an allowed transition"
+            )
+        self.stage = stage
+
+    def _may_read(self) -> bool:
+        """Whether the transport should read now: not once we are done with it, not while
+        pipelined requests wait their turn, not while an app leaves its request body unread
+        (its buffer is full), not after a protocol error."""
+        if self.stage >= Stage.CLOSING or self.queue or self.pending_error is not None:
+            return False
+        active = self.active
+        return not (self.stage == Stage.RECEIVING and active is not None and active.reading_paused)
 
     def _over_limit(self, limit_concurrency: int) -> bool:
         state = self.state
@@ -602,7 +686,7 @@ class HTTP11Connection(asyncio.Protocol):
             self.loop.call_soon(_send_answers, state)
             self._send_answer(head, remembered, prefix, close)
         else:
-            self.answering = True
+            self._enter(Stage.ANSWERING)
             self.deadline = 0.0
             self.deadline_kind = _Deadline.NONE
             batch.append((self, head, remembered, prefix, close))
@@ -613,8 +697,7 @@ class HTTP11Connection(asyncio.Protocol):
     ) -> None:
         """Send an answer made by _answer_file, at once or from the batch; then carry on
         with the connection as _on_response_complete does."""
-        self.answering = False
-        if self.closing:
+        if self.stage >= Stage.CLOSING:
             return  # lost while the answer waited
         fd = remembered.fd
         if fd < 0:
@@ -655,6 +738,7 @@ class HTTP11Connection(asyncio.Protocol):
             fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
         cycle = self._cycle_without_body(self._scope_for_log(head))
+        self._enter(Stage.RESPONDING)
         self.active = cycle
         self.active_head = head
         self.deadline = 0.0
@@ -666,6 +750,8 @@ class HTTP11Connection(asyncio.Protocol):
         waited in the batch (pipelined requests queued behind it, a protocol error, a graceful
         shutdown), else the deadline for the next request. _on_response_complete does the same
         for a cycle, inline (every app response passes there) and with the cycle's own cases."""
+        if self.stage != Stage.IDLE:
+            self._enter(Stage.IDLE)  # from ANSWERING, or HEAD when answered at once
         pending_error = self.pending_error
         draining = self.state.draining
         if self.queue and self.keep_alive and not draining:
@@ -678,6 +764,7 @@ class HTTP11Connection(asyncio.Protocol):
             # Idle: the deadline for the next request (its head, if part of it is here).
             state = self.state
             if self.parser.in_head:
+                self._enter(Stage.HEAD)
                 self._set_deadline(_Deadline.HEAD, state.head_timeout)
             else:
                 self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
@@ -687,6 +774,8 @@ class HTTP11Connection(asyncio.Protocol):
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
         ahead of any pipelined behind it."""
+        if self.stage == Stage.ANSWERING:
+            self._enter(Stage.IDLE)
         self.queue.appendleft((self._cycle_without_body(self._scope_of(head)), head))
         self._run_queue()
 
@@ -733,7 +822,7 @@ class HTTP11Connection(asyncio.Protocol):
             access_log(
                 cycle.scope, cycle.status, cycle.bytes_sent, self.started_at, cycle.response_headers
             )
-        if self.closing:
+        if self.stage >= Stage.CLOSING:
             return
         pending_error = self.pending_error
         if pending_error is not None and not self.queue:
@@ -756,13 +845,14 @@ class HTTP11Connection(asyncio.Protocol):
             else:
                 # The app did not read the whole body: read and drop the rest at full speed
                 # (reading resumes below), then go on.
-                self.discarding = True
+                self._enter(Stage.DISCARDING)
                 self.discarded = 0
-                self.body_paused = False
                 cycle.chunks.clear()
         if not keep_alive:
             self._close()
             return
+        if self.stage != Stage.DISCARDING:
+            self._enter(Stage.IDLE)
         if self.queue:
             if not EAGER_TASKS:
                 self._run_queue()  # the next task starts at the loop's next turn anyway
@@ -775,10 +865,11 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if self.discarding:
+        if self.stage == Stage.DISCARDING:
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, self.state.body_timeout)
         elif self.parser.in_head:
+            self._enter(Stage.HEAD)
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
             self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
@@ -786,7 +877,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._update_reading()
 
     def _run_queue_soon(self) -> None:
-        if self.active is None and self.queue:
+        if self.active is None and self.queue and self.stage < Stage.CLOSING:
             self._run_queue()
 
     # -- ResponseSink --------------------------------------------------------------------------
@@ -893,7 +984,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._write(encode_trailers(headers))
 
     async def drain(self) -> None:
-        if not self.writing_paused or self.closing:
+        if not self.writing_paused or self.stage >= Stage.CLOSING:
             return
         waiter = self.loop.create_future()
         self.drain_waiters.append(waiter)
@@ -911,7 +1002,7 @@ class HTTP11Connection(asyncio.Protocol):
         # as it can go: a small file is handed to the kernel at once, and only a file that must
         # wait for the socket costs a coroutine.
         transport = self.transport
-        if transport is None or self.closing:
+        if transport is None or self.stage >= Stage.CLOSING:
             return None
         cork = self.cork
         if cycle is not None:
@@ -971,8 +1062,7 @@ class HTTP11Connection(asyncio.Protocol):
             active.disconnect()
 
     def resume_body(self) -> None:
-        if self.body_paused:
-            self.body_paused = False
+        if self.stage == Stage.RECEIVING:
             self._update_reading()
             self._rearm_deadline()
 
@@ -990,7 +1080,7 @@ class HTTP11Connection(asyncio.Protocol):
             if self.cork_bytes > CORK_LIMIT:
                 # A long response inside a burst: write now so that flow control sees it.
                 self._flush_cork()
-        elif self.transport is not None and not self.closing:
+        elif self.transport is not None and self.stage < Stage.CLOSING:
             self.transport.write(data)
 
     def _wake_drain_waiters(self) -> None:
@@ -1012,14 +1102,13 @@ class HTTP11Connection(asyncio.Protocol):
         took up (or stopped) reading the body."""
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.closing:
+        stage = self.stage
+        if stage >= Stage.CLOSING:
             return
         state = self.state
         if self.writing_paused:
             self._set_deadline(_Deadline.WRITE, state.write_timeout)
-        elif self.discarding or (
-            self.active is not None and self.parsing is self.active and not self.body_paused
-        ):
+        elif stage == Stage.DISCARDING or (stage == Stage.RECEIVING and self._may_read()):
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, state.body_timeout)
         elif self._idle():
@@ -1033,21 +1122,21 @@ class HTTP11Connection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.closing:
+        if self.stage >= Stage.CLOSING:
             return
         if kind == _Deadline.WRITE:
             logger.debug("Dropping a connection whose client stopped reading")
             self._file_lost()  # the same end: the response cannot be delivered
             return
         if kind == _Deadline.BODY:
-            if self.discarding:
+            if self.stage == Stage.DISCARDING:
                 self._close()
             else:
                 self._on_protocol_error(
                     ProtocolError("request body not received in time", HTTPStatus.REQUEST_TIMEOUT)
                 )
             return
-        if self.active is not None or self.answering:
+        if self.stage > Stage.HEAD:
             return
         if kind == _Deadline.HEAD:
             self._send_error(
@@ -1057,19 +1146,13 @@ class HTTP11Connection(asyncio.Protocol):
             self._close()
 
     def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closing:
+        if not self.reading_paused and self.transport is not None and self.stage < Stage.CLOSING:
             self.reading_paused = True
             self.transport.pause_reading()
 
     def _update_reading(self) -> None:
-        """Read while no pipelined request waits and the app keeps up with the body."""
-        if (
-            self.reading_paused
-            and not self.queue
-            and not self.body_paused
-            and not self.closing
-            and self.pending_error is None
-        ):
+        """Resume reading if it is paused and nothing holds it any more (_may_read)."""
+        if self.reading_paused and self._may_read():
             self.reading_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
@@ -1104,9 +1187,9 @@ class HTTP11Connection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        if self.closing:
+        if self.stage >= Stage.CLOSING:
             return
-        self.closing = True
+        self._enter(Stage.CLOSING)
         self.deadline = 0.0
         transport = self.transport
         if transport is not None:
