@@ -58,6 +58,7 @@ class FakeTransport(asyncio.Transport):
         #: Bytes the peer sent while reading was paused: delivered on resume_reading.
         self.pending = bytearray()
         self.eof_pending = False
+        self.stage_at_close: int | None = None
 
     # -- what the connection calls -------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.stage_at_close = getattr(self.protocol, "stage", None)
             self.loop.call_soon(self._lose, None)
 
     def abort(self) -> None:
@@ -827,3 +829,148 @@ def test_a_big_response_inside_a_pipelined_burst_keeps_flow_control(connect: Any
     assert h.transport.max_buffered <= HIGH_WATER + 2 * 65536
     bodies = [r.body for r in read_all(h, 5)]
     assert bodies[:3] == [b"/1"] * 3 and len(bodies[3]) == 1024 * 1024 and bodies[4] == b"/2"
+
+
+# -- the stage table: every transition, and a disconnect in every stage ------------------------
+
+from asgiserve.transport.connection import ALLOWED, STAGE_NAMES, Stage  # noqa: E402
+
+
+def gated(gate: asyncio.Event, read_body: bool = True) -> App:
+    """Reads the body (or not), waits for ``gate``, answers."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if read_body:
+            while (await receive()).get("more_body"):
+                pass
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    return app
+
+
+def test_idle_head_responding_idle(connect: Any) -> None:
+    gate = asyncio.Event()
+    h = connect(gated(gate))
+    assert h.connection.stage == Stage.IDLE
+    h.send(b"GET / HTTP/1.1\r\nHo")
+    assert h.connection.stage == Stage.HEAD
+    h.send(b"st: a\r\n\r\n")
+    assert h.connection.stage == Stage.RESPONDING
+    gate.set()
+    h.step()
+    assert h.connection.stage == Stage.IDLE
+    assert h.response().status == 200
+
+
+def test_idle_receiving_responding(connect: Any) -> None:
+    gate = asyncio.Event()
+    h = connect(gated(gate))
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    assert h.connection.stage == Stage.RECEIVING
+    h.send(b"def")
+    assert h.connection.stage == Stage.RESPONDING
+    gate.set()
+    h.step()
+    assert h.connection.stage == Stage.IDLE
+
+
+def test_receiving_discarding_idle(connect: Any) -> None:
+    h = connect(refusing(asyncio.Event()), timeouts={})
+    h.connection.state.app = hello  # answers at once, reading nothing
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    assert h.connection.stage == Stage.DISCARDING
+    h.send(b"def")
+    assert h.connection.stage == Stage.IDLE
+    assert h.transport.reading
+
+
+def test_responding_to_the_next_pipelined_request_and_to_head(connect: Any) -> None:
+    gate = asyncio.Event()
+    h = connect(gated(gate))
+    h.send(get("/1") + get("/2") + b"GET /3 HTTP/1.1\r\n")
+    assert h.connection.stage == Stage.RESPONDING
+    assert not h.transport.reading  # /2 waits its turn
+    gate.set()
+    h.step()
+    assert [r.body for r in h.responses()] == [b"/1", b"/2"]
+    assert h.connection.stage == Stage.HEAD  # part of /3's head is here
+    h.send(b"Host: a\r\n\r\n")
+    assert h.response().body == b"/3"
+    assert h.connection.stage == Stage.IDLE
+
+
+def test_idle_upgraded(connect: Any) -> None:
+    from asgiserve.transport.websocket import WebSocketSettings
+
+    async def ws(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    h = connect(ws, websocket=WebSocketSettings())
+    h.send(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert h.connection.stage == Stage.UPGRADED
+    assert h.output.startswith(b"HTTP/1.1 101 ")
+
+
+def test_closing_then_closed(connect: Any) -> None:
+    h = connect(hello)
+    h.send(get(extra=b"Connection: close\r\n"))
+    assert h.transport.stage_at_close == Stage.CLOSING
+    assert h.connection.stage == Stage.CLOSED
+
+
+def test_a_transition_the_table_does_not_allow_is_refused(connect: Any) -> None:
+    h = connect(hello)
+    with pytest.raises(RuntimeError, match="IDLE -> DISCARDING"):
+        h.connection._enter(Stage.DISCARDING)
+    assert h.connection.stage == Stage.IDLE
+
+
+def test_the_table_closes_from_every_open_stage_and_never_reopens() -> None:
+    for stage in range(len(STAGE_NAMES)):
+        closes = ALLOWED[stage] >> Stage.CLOSED & 1
+        assert closes == (stage not in (Stage.UPGRADED, Stage.CLOSED)), STAGE_NAMES[stage]
+        if stage >= Stage.CLOSING:
+            assert ALLOWED[stage] >> Stage.IDLE & 1 == 0
+
+
+def reach(h: Harness, stage: int, gate: asyncio.Event) -> None:
+    """Drive the connection (app: gated) to ``stage``."""
+    if stage == Stage.HEAD:
+        h.send(b"GET / HTTP/1.1\r\nHo")
+    elif stage == Stage.RECEIVING:
+        h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    elif stage == Stage.RESPONDING:
+        h.send(get())
+    elif stage == Stage.DISCARDING:
+        h.connection.state.app = hello
+        h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    assert h.connection.stage == stage, STAGE_NAMES[h.connection.stage]
+
+
+@pytest.mark.parametrize(
+    "stage", [Stage.IDLE, Stage.HEAD, Stage.RECEIVING, Stage.RESPONDING, Stage.DISCARDING]
+)
+def test_a_disconnect_in_every_stage(connect: Any, stage: int) -> None:
+    seen: list[str] = []
+
+    async def listener(scope: Any, receive: Any, send: Any) -> None:
+        # Reads the body, then waits in receive() for the disconnect.
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect":
+                return
+
+    h = connect(listener)
+    reach(h, stage, asyncio.Event())
+    h.transport.drop()
+    h.step()
+    assert h.connection.stage == Stage.CLOSED
+    if stage in (Stage.RECEIVING, Stage.RESPONDING):
+        assert seen[-1] == "http.disconnect"
+    assert not asyncio.all_tasks(h.loop)  # nothing left running
