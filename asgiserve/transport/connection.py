@@ -144,6 +144,19 @@ ALLOWED: Final[tuple[int, ...]] = tuple(
 )
 
 
+# The stages as module globals, for the methods below: one lookup in pure Python, where
+# ``Stage.X`` costs two (this is the per-request path).
+_IDLE: Final = Stage.IDLE
+_HEAD: Final = Stage.HEAD
+_RECEIVING: Final = Stage.RECEIVING
+_RESPONDING: Final = Stage.RESPONDING
+_ANSWERING: Final = Stage.ANSWERING
+_DISCARDING: Final = Stage.DISCARDING
+_CLOSING: Final = Stage.CLOSING
+_UPGRADED: Final = Stage.UPGRADED
+_CLOSED: Final = Stage.CLOSED
+
+
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
@@ -227,7 +240,7 @@ class HTTP11Connection(asyncio.Protocol):
         self.active: HTTPCycle | None = None
         self.active_head: RequestHead | None = None
         #: Where the connection stands (see Stage).
-        self.stage: int = Stage.IDLE
+        self.stage: int = _IDLE
         #: The request whose body the parser is reading (the active one or the last queued).
         self.parsing: HTTPCycle | None = None
         #: Bytes dropped so far while DISCARDING (bounded by ``limit_discard_body``).
@@ -299,8 +312,8 @@ class HTTP11Connection(asyncio.Protocol):
                 self._switch_to_http2(b"", None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.stage != Stage.UPGRADED:
-            self._enter(Stage.CLOSED)
+        if self.stage != _UPGRADED:
+            self._enter(_CLOSED)
         self.state.connections.discard(self)
         self.deadline = 0.0
         active = self.active
@@ -325,11 +338,11 @@ class HTTP11Connection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None:
             self.parsing = None
-            if self.stage == Stage.DISCARDING:
-                self._enter(Stage.IDLE)
+            if self.stage == _DISCARDING:
+                self._enter(_IDLE)
             else:
                 parsing.disconnect()
-        if self._idle() or self.stage >= Stage.CLOSING:
+        if self._idle() or self.stage >= _CLOSING:
             return None  # the transport closes
         # Whether the client waits for its answers or has gone, only a write can tell: the
         # apps go on, and one that listens for a disconnect hears of it (HTTPCycle.end_input).
@@ -349,11 +362,11 @@ class HTTP11Connection(asyncio.Protocol):
         if self.deadline_kind == _Deadline.WRITE:
             self._rearm_deadline()
         self._wake_drain_waiters()
-        if self.active is None and self.queue and self.stage < Stage.CLOSING:
+        if self.active is None and self.queue and self.stage < _CLOSING:
             self._run_queue()  # requests held back while the client did not read
 
     def data_received(self, data: bytes) -> None:
-        if self.stage >= Stage.CLOSING:
+        if self.stage >= _CLOSING:
             return
         if self.upgrade_to is _MAYBE_PRIOR_KNOWLEDGE:
             self.upgrade_to = None
@@ -366,13 +379,13 @@ class HTTP11Connection(asyncio.Protocol):
         except ProtocolError as exc:
             self._on_protocol_error(exc)
         stage = self.stage
-        if stage >= Stage.CLOSING:
+        if stage >= _CLOSING:
             return  # an error closed us, or a WebSocket took over
         if self.active is None:
             if self.queue:
                 self._run_queue()
-            elif stage == Stage.IDLE and self.parser.in_head:
-                self._enter(Stage.HEAD)
+            elif stage == _IDLE and self.parser.in_head:
+                self._enter(_HEAD)
                 self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         if self.queue and not self.reading_paused:
             # Pipelined requests are waiting: stop reading until they have been served.
@@ -407,7 +420,7 @@ class HTTP11Connection(asyncio.Protocol):
         if (
             files is not None
             # _idle() and no cork, inlined: this runs for every request.
-            and self.stage <= Stage.HEAD
+            and self.stage <= _HEAD
             and not self.queue
             and self.cork is None
             and head.method == "GET"
@@ -475,7 +488,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _release(self) -> None:
         """This object is done with the transport: another protocol takes it over."""
-        self._enter(Stage.UPGRADED)
+        self._enter(_UPGRADED)
         self.deadline = 0.0
         self.upgrade_to = None
         self.state.connections.discard(self)
@@ -494,7 +507,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         parsing = self.parsing
-        if self.stage == Stage.DISCARDING:
+        if self.stage == _DISCARDING:
             # The app answered without reading all of it: dropped, up to a bound.
             self.discarded += len(data)
             if self.discarded > self.state.limit_discard_body:
@@ -523,13 +536,13 @@ class HTTP11Connection(asyncio.Protocol):
             else:
                 parsing.end_body()
         stage = self.stage
-        if stage == Stage.RECEIVING and parsing is self.active:
-            self._enter(Stage.RESPONDING)
+        if stage == _RECEIVING and parsing is self.active:
+            self._enter(_RESPONDING)
             if self.deadline_kind == _Deadline.BODY:
                 self.deadline = 0.0
                 self.deadline_kind = _Deadline.NONE
-        elif stage == Stage.DISCARDING:
-            self._enter(Stage.IDLE)
+        elif stage == _DISCARDING:
+            self._enter(_IDLE)
             self._update_reading()
             self._rearm_deadline()
 
@@ -543,25 +556,27 @@ class HTTP11Connection(asyncio.Protocol):
             self.cork = cork = []
         try:
             while (
-                self.stage <= Stage.HEAD
+                self.stage <= _HEAD
                 and queue
                 and not self.writing_paused  # the client is not reading what we wrote
             ):
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
+                # IDLE or HEAD (the loop's condition) to RESPONDING or RECEIVING: allowed by
+                # the table; set directly, as every request passes here.
                 if cycle.request_complete:
-                    self._enter(Stage.RESPONDING)
+                    self.stage = _RESPONDING
                     self.deadline = 0.0
                     self.deadline_kind = _Deadline.NONE
                 else:
-                    self._enter(Stage.RECEIVING)
+                    self.stage = _RECEIVING
                     self.body_progress = 0
                     self._set_deadline(_Deadline.BODY, self.state.body_timeout)
                 self._start(cycle)
         finally:
             if cork is not None:
-                if not EAGER_TASKS and self.active is not None and self.stage < Stage.CLOSING:
+                if not EAGER_TASKS and self.active is not None and self.stage < _CLOSING:
                     # The request just started runs at the loop's next turn: keep the cork.
                     self.cork_mark = self.responses_done
                     self.loop.call_soon(self._check_cork)
@@ -619,7 +634,7 @@ class HTTP11Connection(asyncio.Protocol):
     def _idle(self) -> bool:
         """No request in progress or waiting (dropping what is left of a body is not one)."""
         stage = self.stage
-        return (stage <= Stage.HEAD or stage == Stage.DISCARDING) and not self.queue
+        return (stage <= _HEAD or stage == _DISCARDING) and not self.queue
 
     def _enter(self, stage: int) -> None:
         """Move to ``stage``; a move the table does not allow is a bug."""
@@ -634,10 +649,10 @@ class HTTP11Connection(asyncio.Protocol):
         """Whether the transport should read now: not once we are done with it, not while
         pipelined requests wait their turn, not while an app leaves its request body unread
         (its buffer is full), not after a protocol error."""
-        if self.stage >= Stage.CLOSING or self.queue or self.pending_error is not None:
+        if self.stage >= _CLOSING or self.queue or self.pending_error is not None:
             return False
         active = self.active
-        return not (self.stage == Stage.RECEIVING and active is not None and active.reading_paused)
+        return not (self.stage == _RECEIVING and active is not None and active.reading_paused)
 
     def _over_limit(self, limit_concurrency: int) -> bool:
         state = self.state
@@ -686,7 +701,7 @@ class HTTP11Connection(asyncio.Protocol):
             self.loop.call_soon(_send_answers, state)
             self._send_answer(head, remembered, prefix, close)
         else:
-            self._enter(Stage.ANSWERING)
+            self._enter(_ANSWERING)
             self.deadline = 0.0
             self.deadline_kind = _Deadline.NONE
             batch.append((self, head, remembered, prefix, close))
@@ -697,7 +712,7 @@ class HTTP11Connection(asyncio.Protocol):
     ) -> None:
         """Send an answer made by _answer_file, at once or from the batch; then carry on
         with the connection as _on_response_complete does."""
-        if self.stage >= Stage.CLOSING:
+        if self.stage >= _CLOSING:
             return  # lost while the answer waited
         fd = remembered.fd
         if fd < 0:
@@ -738,7 +753,7 @@ class HTTP11Connection(asyncio.Protocol):
             fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
         cycle = self._cycle_without_body(self._scope_for_log(head))
-        self._enter(Stage.RESPONDING)
+        self._enter(_RESPONDING)
         self.active = cycle
         self.active_head = head
         self.deadline = 0.0
@@ -750,8 +765,8 @@ class HTTP11Connection(asyncio.Protocol):
         waited in the batch (pipelined requests queued behind it, a protocol error, a graceful
         shutdown), else the deadline for the next request. _on_response_complete does the same
         for a cycle, inline (every app response passes there) and with the cycle's own cases."""
-        if self.stage != Stage.IDLE:
-            self._enter(Stage.IDLE)  # from ANSWERING, or HEAD when answered at once
+        if self.stage != _IDLE:
+            self._enter(_IDLE)  # from ANSWERING, or HEAD when answered at once
         pending_error = self.pending_error
         draining = self.state.draining
         if self.queue and self.keep_alive and not draining:
@@ -764,7 +779,7 @@ class HTTP11Connection(asyncio.Protocol):
             # Idle: the deadline for the next request (its head, if part of it is here).
             state = self.state
             if self.parser.in_head:
-                self._enter(Stage.HEAD)
+                self._enter(_HEAD)
                 self._set_deadline(_Deadline.HEAD, state.head_timeout)
             else:
                 self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
@@ -774,8 +789,8 @@ class HTTP11Connection(asyncio.Protocol):
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
         ahead of any pipelined behind it."""
-        if self.stage == Stage.ANSWERING:
-            self._enter(Stage.IDLE)
+        if self.stage == _ANSWERING:
+            self._enter(_IDLE)
         self.queue.appendleft((self._cycle_without_body(self._scope_of(head)), head))
         self._run_queue()
 
@@ -822,7 +837,7 @@ class HTTP11Connection(asyncio.Protocol):
             access_log(
                 cycle.scope, cycle.status, cycle.bytes_sent, self.started_at, cycle.response_headers
             )
-        if self.stage >= Stage.CLOSING:
+        if self.stage >= _CLOSING:
             return
         pending_error = self.pending_error
         if pending_error is not None and not self.queue:
@@ -845,14 +860,16 @@ class HTTP11Connection(asyncio.Protocol):
             else:
                 # The app did not read the whole body: read and drop the rest at full speed
                 # (reading resumes below), then go on.
-                self._enter(Stage.DISCARDING)
+                self._enter(_DISCARDING)
                 self.discarded = 0
                 cycle.chunks.clear()
         if not keep_alive:
             self._close()
             return
-        if self.stage != Stage.DISCARDING:
-            self._enter(Stage.IDLE)
+        if self.stage != _DISCARDING:
+            # RECEIVING or RESPONDING (the cycle was active) to IDLE: allowed by the table;
+            # set directly, as every response passes here.
+            self.stage = _IDLE
         if self.queue:
             if not EAGER_TASKS:
                 self._run_queue()  # the next task starts at the loop's next turn anyway
@@ -865,11 +882,11 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if self.stage == Stage.DISCARDING:
+        if self.stage == _DISCARDING:
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, self.state.body_timeout)
         elif self.parser.in_head:
-            self._enter(Stage.HEAD)
+            self._enter(_HEAD)
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
             self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
@@ -877,7 +894,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._update_reading()
 
     def _run_queue_soon(self) -> None:
-        if self.active is None and self.queue and self.stage < Stage.CLOSING:
+        if self.active is None and self.queue and self.stage < _CLOSING:
             self._run_queue()
 
     # -- ResponseSink --------------------------------------------------------------------------
@@ -984,7 +1001,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._write(encode_trailers(headers))
 
     async def drain(self) -> None:
-        if not self.writing_paused or self.stage >= Stage.CLOSING:
+        if not self.writing_paused or self.stage >= _CLOSING:
             return
         waiter = self.loop.create_future()
         self.drain_waiters.append(waiter)
@@ -1002,7 +1019,7 @@ class HTTP11Connection(asyncio.Protocol):
         # as it can go: a small file is handed to the kernel at once, and only a file that must
         # wait for the socket costs a coroutine.
         transport = self.transport
-        if transport is None or self.stage >= Stage.CLOSING:
+        if transport is None or self.stage >= _CLOSING:
             return None
         cork = self.cork
         if cycle is not None:
@@ -1062,7 +1079,7 @@ class HTTP11Connection(asyncio.Protocol):
             active.disconnect()
 
     def resume_body(self) -> None:
-        if self.stage == Stage.RECEIVING:
+        if self.stage == _RECEIVING:
             self._update_reading()
             self._rearm_deadline()
 
@@ -1080,7 +1097,7 @@ class HTTP11Connection(asyncio.Protocol):
             if self.cork_bytes > CORK_LIMIT:
                 # A long response inside a burst: write now so that flow control sees it.
                 self._flush_cork()
-        elif self.transport is not None and self.stage < Stage.CLOSING:
+        elif self.transport is not None and self.stage < _CLOSING:
             self.transport.write(data)
 
     def _wake_drain_waiters(self) -> None:
@@ -1103,12 +1120,12 @@ class HTTP11Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
         stage = self.stage
-        if stage >= Stage.CLOSING:
+        if stage >= _CLOSING:
             return
         state = self.state
         if self.writing_paused:
             self._set_deadline(_Deadline.WRITE, state.write_timeout)
-        elif stage == Stage.DISCARDING or (stage == Stage.RECEIVING and self._may_read()):
+        elif stage == _DISCARDING or (stage == _RECEIVING and self._may_read()):
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, state.body_timeout)
         elif self._idle():
@@ -1122,21 +1139,21 @@ class HTTP11Connection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.stage >= Stage.CLOSING:
+        if self.stage >= _CLOSING:
             return
         if kind == _Deadline.WRITE:
             logger.debug("Dropping a connection whose client stopped reading")
             self._file_lost()  # the same end: the response cannot be delivered
             return
         if kind == _Deadline.BODY:
-            if self.stage == Stage.DISCARDING:
+            if self.stage == _DISCARDING:
                 self._close()
             else:
                 self._on_protocol_error(
                     ProtocolError("request body not received in time", HTTPStatus.REQUEST_TIMEOUT)
                 )
             return
-        if self.stage > Stage.HEAD:
+        if self.stage > _HEAD:
             return
         if kind == _Deadline.HEAD:
             self._send_error(
@@ -1146,7 +1163,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._close()
 
     def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and self.stage < Stage.CLOSING:
+        if not self.reading_paused and self.transport is not None and self.stage < _CLOSING:
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -1187,9 +1204,9 @@ class HTTP11Connection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        if self.stage >= Stage.CLOSING:
+        if self.stage >= _CLOSING:
             return
-        self._enter(Stage.CLOSING)
+        self._enter(_CLOSING)
         self.deadline = 0.0
         transport = self.transport
         if transport is not None:
