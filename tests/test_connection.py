@@ -974,3 +974,32 @@ def test_a_disconnect_in_every_stage(connect: Any, stage: int) -> None:
     if stage in (Stage.RECEIVING, Stage.RESPONDING):
         assert seen[-1] == "http.disconnect"
     assert not asyncio.all_tasks(h.loop)  # nothing left running
+
+
+# -- an empty file after a head (issue 17, point 4) --------------------------------------------
+
+
+def test_the_head_before_an_empty_file_is_not_held_back(connect: Any) -> None:
+    # Sent with MSG_MORE, a head waits in the kernel for the bytes that follow it: with no
+    # bytes to follow (an empty file), it would wait for the cork timer (200 ms on Linux).
+    import select
+    import socket
+    import tempfile
+
+    from asgiserve.transport.sendfile import SocketFileSender
+
+    h = connect(hello)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server, tempfile.TemporaryFile() as empty:
+        server.setblocking(False)
+        sender = SocketFileSender(h.loop, h.transport, server.fileno(), server.family)
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        assert sender.send_now(empty.fileno(), 0, 0, head) == 0
+        sender.release()
+        socket_part = b""
+        if select.select([client], [], [], 0.1)[0]:
+            socket_part = client.recv(100)
+        # All of the head, at once: on the socket, or (for the transport to write) in it.
+        assert socket_part + h.output == head

@@ -705,3 +705,20 @@ def test_broken_chunked_body_gets_400(server: Any, raw: Any) -> None:
     response = client.read_response()
     assert response.status == 400
     assert client.closed()
+
+
+def test_an_empty_static_file_is_answered_at_once(serve: Any, raw: Any, tmp_path: Any) -> None:
+    # The server answers a remembered file itself (--static): an empty one must not leave
+    # its head waiting in the kernel for bytes that never come (issue 17, point 4).
+    (tmp_path / "empty.txt").write_bytes(b"")
+    server = serve(None, static=str(tmp_path))
+    client = raw(server.port)
+    request = b"GET /empty.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+    client.send(request)
+    assert client.read_response().status == 200  # now remembered
+    for _ in range(3):
+        started = time.monotonic()
+        client.send(request)
+        response = client.read_response()
+        assert (response.status, response.body) == (200, b"")
+        assert time.monotonic() - started < 0.1

@@ -180,7 +180,9 @@ class SocketFileSender:
             return -1
         if prefix:
             sent = 0
-            if self.family >= 0 and not transport.get_write_buffer_size():
+            # Not for an empty body: with nothing to follow it, a MSG_MORE head would wait
+            # in the kernel for the cork timer (200 ms on Linux).
+            if self.family >= 0 and count > 0 and not transport.get_write_buffer_size():
                 # Used only in this synchronous step, in which is_closing() said the
                 # descriptor is still the transport's. The C type: socket.socket's Python
                 # layer costs three times as much and is not needed.
