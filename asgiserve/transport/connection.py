@@ -58,9 +58,13 @@ from asgiserve.transport.tls import tls_extension
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
 
-    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import Message, Receive, Scope, Send
-    from asgiserve.transport.state import RememberedFiles, RequestParser, ServerState
+    from asgiserve.transport.state import (
+        RememberedFile,
+        RememberedFiles,
+        RequestParser,
+        ServerState,
+    )
 
 logger = logging.getLogger("asgiserve.error")
 

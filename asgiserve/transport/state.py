@@ -9,15 +9,22 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import ASGIApp, Scope
     from asgiserve.logging import AccessLog
-    from asgiserve.protocols.http11 import RequestSink
+    from asgiserve.protocols.http11 import RequestHead, RequestSink
+    from asgiserve.transport.connection import HTTP11Connection
     from asgiserve.transport.http2 import H2Settings
     from asgiserve.transport.tls import TLSInfo
     from asgiserve.transport.websocket import WebSocketSettings
 
-__all__ = ["EAGER_TASKS", "RememberedFiles", "RequestParser", "ServerState", "start_task"]
+__all__ = [
+    "EAGER_TASKS",
+    "RememberedFile",
+    "RememberedFiles",
+    "RequestParser",
+    "ServerState",
+    "start_task",
+]
 
 
 class RequestParser(Protocol):
@@ -64,6 +71,25 @@ else:
     ) -> asyncio.Task[None]:
         # 3.10's create_task copies the *current* context; make the fresh copy current first.
         return context.run(loop.create_task, coro)
+
+
+class RememberedFile(Protocol):
+    """A file the server answers itself (``--static``, ``--mount``), as the transport sees it;
+    a server-side component fills it in (``apps/static.py``), so that the transport imports
+    nothing from the apps."""
+
+    #: An open descriptor, lent for the call; -1 once let go (the app answers instead).
+    fd: int
+    size: int
+    #: The 200 response's headers, and their wire form (made by the server on first use).
+    headers: tuple[tuple[bytes, bytes], ...]
+    encoded_headers: bytes | None
+
+
+if TYPE_CHECKING:
+    #: An answer waiting for the end of the loop's turn (``ServerState.answer_batch``): the
+    #: connection, the request, the file, the response head, and whether to close after it.
+    PendingAnswer = tuple[HTTP11Connection, RequestHead, RememberedFile, bytes, bool]
 
 
 class RememberedFiles(Protocol):
@@ -139,8 +165,8 @@ class ServerState:
         self.rewrite_scope = rewrite_scope
         #: Answers to ``files`` requests waiting for the end of this turn of the loop, to be
         #: sent together (transport/connection.py, ``_answer_file``); None while no turn is
-        #: collecting them. Items: (connection, head, file, response head, close).
-        self.answer_batch: list[tuple[Any, ...]] | None = None
+        #: collecting them.
+        self.answer_batch: list[PendingAnswer] | None = None
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()
