@@ -387,11 +387,11 @@ class HTTP11Connection(asyncio.Protocol):
             return  # an error closed us, or a WebSocket took over
         if self.active is None:
             if self.queue:
-                self._run_queue()
+                self._run_queue()  # which stops reading if some must wait (writing paused)
             elif stage == _IDLE and self.parser.in_head:
                 self._enter(_HEAD)
                 self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
-        if self.queue and not self.reading_paused:
+        elif self.queue and not self.reading_paused:
             # Pipelined requests are waiting: stop reading until they have been served.
             self._pause_reading()
 
@@ -856,6 +856,7 @@ class HTTP11Connection(asyncio.Protocol):
             and cycle.phase is Phase.DONE
             and not cycle.disconnected
         )
+        discarding = False
         if keep_alive and not cycle.request_complete:
             if cycle.expect_continue and not cycle.continue_sent:
                 # RFC 9110 section 10.1.1: we answered without asking for the body, so we
@@ -867,10 +868,11 @@ class HTTP11Connection(asyncio.Protocol):
                 self._enter(_DISCARDING)
                 self.discarded = 0
                 cycle.chunks.clear()
+                discarding = True
         if not keep_alive:
             self._close()
             return
-        if self.stage != _DISCARDING:
+        if not discarding:
             # RECEIVING or RESPONDING (the cycle was active) to IDLE: allowed by the table;
             # set directly, as every response passes here.
             self.stage = _IDLE
@@ -886,7 +888,7 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if self.stage == _DISCARDING:
+        if discarding:
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, self.state.body_timeout)
         elif self.parser.in_head:
