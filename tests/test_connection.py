@@ -1003,3 +1003,16 @@ def test_the_head_before_an_empty_file_is_not_held_back(connect: Any) -> None:
             socket_part = client.recv(100)
         # All of the head, at once: on the socket, or (for the transport to write) in it.
         assert socket_part + h.output == head
+
+
+def test_a_discarded_body_that_trickles_in_is_cut_off(connect: Any) -> None:
+    h = connect(hello, timeouts={"body_timeout": 30.0})
+    h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+    assert h.connection.stage == Stage.DISCARDING
+    assert h.response().status == 200
+    h.advance(29)
+    h.send(b"x" * 10)
+    assert not h.transport.closed
+    h.advance(2)
+    assert h.transport.closed
+    assert h.output.count(b"HTTP/1.1") == 1  # the response was out: a quiet close
