@@ -346,8 +346,10 @@ class HTTP11Connection(asyncio.Protocol):
                 self._enter(_IDLE)
             else:
                 parsing.disconnect()
-        if self._idle() or self.stage >= _CLOSING:
-            return None  # the transport closes
+        if self._idle() or self.stage >= _CLOSING or self.state.tls is not None:
+            # The transport closes. (Under TLS it would anyway: asyncio's TLS transport logs
+            # a warning and ignores a True here; a TLS client ends with close_notify.)
+            return None
         # Whether the client waits for its answers or has gone, only a write can tell: the
         # apps go on, and one that listens for a disconnect hears of it (HTTPCycle.end_input).
         active = self.active
