@@ -18,6 +18,11 @@ We are the cycle's :class:`~asgiserve.asgi.http.ResponseSink`: we decide the HTT
 open. Protocol errors from the parser become one complete error response and a close, sent
 after the responses to earlier requests. Timeouts are deadlines checked by the server's
 once-a-second sweep rather than a timer per request.
+
+Where the connection stands is one value, :class:`Stage`, moved only along the table
+``_TRANSITIONS`` (docs/architecture.md has it with each stage's deadline); whether the
+transport reads is derived from the stage and a few reasons (:meth:`~HTTP11Connection._may_read`),
+never kept as flags of its own.
 """
 
 from __future__ import annotations
