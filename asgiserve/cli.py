@@ -578,6 +578,20 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Seconds from a request's first byte to the end of its head (then 408).",
 )
 @click.option(
+    "--timeout-request-body",
+    type=float,
+    default=_default("timeout_request_body"),
+    show_default=True,
+    help="Seconds within which each 64 KiB of a request body must arrive (then 408).",
+)
+@click.option(
+    "--timeout-response-write",
+    type=float,
+    default=_default("timeout_response_write"),
+    show_default=True,
+    help="Seconds a client that stops reading a response has to read on (then close).",
+)
+@click.option(
     "--timeout-graceful-shutdown",
     type=float,
     default=_default("timeout_graceful_shutdown"),
@@ -670,6 +684,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     metavar="BYTES",
     show_default=_show("limit_request_body"),
     help="Max bytes in a request body (413 before the app reads past it).",
+)
+@click.option(
+    "--limit-discard-body",
+    type=int,
+    default=_default("limit_discard_body"),
+    metavar="BYTES",
+    show_default=True,
+    help="Max bytes of a request body the app left unread that are read and dropped to keep "
+    "the connection (beyond: close).",
 )
 @click.option(
     "--config",

@@ -59,6 +59,12 @@ class Timeouts:
     keep_alive: float = 5.0
     #: From the first byte of a request to the end of its head; then 408 and close.
     request_head: float = 10.0
+    #: While a request body is read, each 64 KiB of it must come within this many seconds
+    #: (a body that trickles in forever); then 408 and close.
+    request_body: float = 30.0
+    #: A client that stops reading a response must take some of it within this many seconds
+    #: (writing resumes); else the connection is dropped.
+    response_write: float = 60.0
     #: On shutdown, how long in-flight requests may take before they are cancelled.
     graceful_shutdown: float = 30.0
     #: With workers: a worker whose event loop does not answer the supervisor's health ping
@@ -91,6 +97,9 @@ class Limits:
     request_fields: int = 100
     #: Bytes in a request body (413 beyond); None: no limit.
     request_body: int | None = None
+    #: Bytes of a request body the app did not read that are read and dropped after its
+    #: response, to keep the connection; beyond this the connection is closed instead.
+    discard_body: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +422,7 @@ def _validate(config: Config) -> None:
     limits = config.limits
     _positive("limit_concurrency", limits.concurrency, allow_none=True)
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
-    for name in ("request_line", "request_head", "request_fields"):
+    for name in ("request_line", "request_head", "request_fields", "discard_body"):
         _positive(f"limit_{name}", getattr(limits, name))
     for name in ("max_concurrent_streams", "max_header_list_size", "max_resets"):
         _positive(f"h2_{name}", getattr(config.h2, name))

@@ -296,6 +296,8 @@ class Server:
             parser_factory=factory,
             keep_alive_timeout=config.timeouts.keep_alive,
             head_timeout=config.timeouts.request_head,
+            body_timeout=config.timeouts.request_body,
+            write_timeout=config.timeouts.response_write,
             root_path=config.root_path,
             lifespan_state=lifespan_state,
             access_log=(
@@ -304,6 +306,7 @@ class Server:
                 else None
             ),
             limit_request_body=config.limits.request_body,
+            limit_discard_body=config.limits.discard_body,
             limit_concurrency=config.limits.concurrency,
             limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,

@@ -37,7 +37,7 @@ from asgiserve.apps.static import (
     route_path,
 )
 from asgiserve.config import Config, ConfigError
-from asgiserve.transport.connection import HTTP11Connection
+from asgiserve.transport.connection import HTTP11Connection, Stage
 from asgiserve.transport.sendfile import FileEndedEarly, SocketFileSender, send_file_buffered
 from tests.conftest import RawClient
 from tests.e2e.apps.guarded_static import PasswordStaticFiles, PasswordWrapper
@@ -1294,7 +1294,7 @@ def sent_answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
     original = HTTP11Connection._send_answer
 
     def observed(self: HTTP11Connection, *args: Any) -> None:
-        sent.append((self.answering, self.state.total_requests))
+        sent.append((self.stage == Stage.ANSWERING, self.state.total_requests))
         original(self, *args)
 
     monkeypatch.setattr(HTTP11Connection, "_send_answer", observed)
