@@ -183,6 +183,8 @@ _HOST_VALUE = re.compile(
     rb"(?::[0-9]*)?"
 )
 
+_VALID_HOSTS: set[bytes] = set()
+
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _UPGRADE = range(6)
 # The request headers that decide framing and persistence: one dict lookup per header.
 _FRAMING_HEADERS = {
@@ -268,10 +270,13 @@ def build_request_head(
     # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
     if hosts != 1 and (hosts > 1 or http_version == "1.1"):
         raise ProtocolError("missing Host header" if hosts == 0 else "duplicate Host header")
-    if hosts and _HOST_VALUE.fullmatch(host) is None:
+    if hosts and host not in _VALID_HOSTS:
         # RFC 9112 section 3.2: a Host that is not uri-host [":" port] (RFC 3986 section 3.2,
         # so no userinfo and no whitespace) gets 400.
-        raise ProtocolError("invalid Host header")
+        if _HOST_VALUE.fullmatch(host) is None:
+            raise ProtocolError("invalid Host header")
+        if len(_VALID_HOSTS) < 64:  # a server sees few names: remember them, boundedly
+            _VALID_HOSTS.add(host)
 
     content_length: int | None = None
     chunked = False
@@ -512,17 +517,18 @@ class RequestFramer:
     # -- the head ---------------------------------------------------------------------------
 
     def _read_head(self, buffer: bytes | bytearray, start: int, end: int) -> int:
-        if not self.in_head:
+        scanned = 0
+        if self.in_head:
+            # The head was cut by a read: resume the search where the last one stopped.
+            scanned = self._scanned
+            stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
+        elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
             # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
-            if buffer[start : start + 2] == b"\r\n":
-                return start + 2
-            if end - start == 1 and buffer[start] == 13:
-                return -1
-            self.in_head = True
-        # The head ends at the first CRLF CRLF; resume the search where the last one stopped.
-        scanned = self._scanned
-        stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
+            return start + 2 if end - start > 1 else -1
+        else:
+            stop = buffer.find(b"\r\n\r\n", start)
         if stop == -1:
+            self.in_head = True
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
@@ -538,8 +544,9 @@ class RequestFramer:
             # Something is wrong: find the first fault, line by line, for its exact status.
             self._check_lines(head, 0, len(head), True, 0)
             raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
-        self._scanned = self._line_start = self._fields = 0
-        self.in_head = False
+        if self.in_head:
+            self.in_head = False
+            self._scanned = self._line_start = self._fields = 0
         method, target, version = match.groups()
         request = self._parse_head(
             head,
