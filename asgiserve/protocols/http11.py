@@ -2,12 +2,18 @@
 
 Theory of operation
 -------------------
-A backend (httptools or h11) turns bytes into a request line and a header list; neither is
-strict enough on its own, and they disagree with each other. So every backend hands what it
-parsed to :func:`build_request_head`, which applies the same checks for both (framing headers,
-Host, request-target form, version) and returns a :class:`RequestHead` that says how the body is
-framed and whether the connection may be kept alive. The backend then reports the body through
-the :class:`RequestSink` interface.
+Neither parser library is strict enough on its own, and they disagree with each other (llhttp
+and h11 differed on 31,753 of 200,000 generated streams, and llhttp's verdicts depended on
+where reads began). So the bytes are framed here, once, for both backends:
+:class:`RequestFramer` finds where each head ends, checks it against the grammar of RFC 9112
+(one regex per head; line by line, left to right, only to name the first fault), enforces the
+size limits at the byte that crosses them, and reads bodies itself (Content-Length, and chunked
+with a capped chunk-size line, extensions and trailers). A backend only splits a checked head
+into fields, then :func:`build_request_head` applies the semantic checks (framing headers,
+Host, request-target form, method, version) and returns a :class:`RequestHead` that says how the
+body is framed and whether the connection may be kept alive. Requests and bodies are reported
+through the :class:`RequestSink` interface. Every step is linear in the bytes received, however
+they are split into reads.
 
 The response side is plain serialisation: status lines are pre-encoded, the ``date``/``server``
 block is handed in already encoded by the caller (it is refreshed once a second, not per
@@ -53,17 +59,28 @@ KNOWN_METHODS = frozenset(
 )
 
 
-class ParserLimits:
-    """Size limits applied while a request head is read; plain values, no config object."""
+#: The most bytes a chunk-size line may have, extensions and CRLF included. llhttp and Node cap
+#: them since chunk extensions were used to make servers buffer without end (CVE-2024-22019).
+MAX_CHUNK_LINE = 4096
 
-    __slots__ = ("max_fields", "max_head", "max_request_line")
+
+class ParserLimits:
+    """Size limits applied while a request is read; plain values, no config object."""
+
+    __slots__ = ("max_chunk_line", "max_fields", "max_head", "max_request_line")
 
     def __init__(
-        self, *, max_request_line: int = 8192, max_head: int = 65536, max_fields: int = 100
+        self,
+        *,
+        max_request_line: int = 8192,
+        max_head: int = 65536,
+        max_fields: int = 100,
+        max_chunk_line: int = MAX_CHUNK_LINE,
     ) -> None:
         self.max_request_line = max_request_line
         self.max_head = max_head
         self.max_fields = max_fields
+        self.max_chunk_line = max_chunk_line
 
 
 DEFAULT_LIMITS = ParserLimits()
@@ -382,10 +399,6 @@ _CHUNK_LINE_RE = re.compile(
     rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|"
     rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*\r\n'
 )
-
-#: The most bytes a chunk-size line may have, extensions and CRLF included. llhttp and Node cap
-#: them since chunk extensions were used to make servers buffer without end (CVE-2024-22019).
-MAX_CHUNK_LINE = 4096
 
 # Framing states: one value says what the next bytes are.
 _HEAD, _LENGTH_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_END, _TRAILERS, _SWITCHED = range(7)
