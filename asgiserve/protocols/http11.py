@@ -292,7 +292,7 @@ def build_request_head(
         # so no userinfo and no whitespace) gets 400.
         if _HOST_VALUE.fullmatch(host) is None:
             raise ProtocolError("invalid Host header")
-        if len(_VALID_HOSTS) < 64:  # a server sees few names: remember them, boundedly
+        if len(_VALID_HOSTS) < 64 and len(host) <= 255:  # few names: remember them, boundedly
             _VALID_HOSTS.add(host)
 
     content_length: int | None = None
