@@ -148,6 +148,7 @@ FIELD_VALUES = [
 ]
 TRANSFER_ENCODINGS = [b"chunked", b",chunked", b"chunked,", b"gzip, chunked", b"chunked, gzip"]
 CONTENT_LENGTHS = [b"0", b"3", b"5", b"0005", b"+5", b"5, 5", b"18446744073709551616", b" 5 "]
+OWS = [b" ", b" ", b"", b"\t", b" \t "]
 INTERESTING_BYTES = list(b' \t\r\n\x00\x0b\x0c\x7f\xff:;=",0aA/?#%@[]')
 
 field = st.tuples(
@@ -199,7 +200,10 @@ def request(draw: st.DrawFn) -> bytes:
         fields.append((b"Upgrade", draw(st.sampled_from([b"websocket", b"foo", b"h2c"]))))
     fields = draw(st.permutations(fields))
     head = method + b" " + target + b" " + version + b"\r\n"
-    head += b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+    for name, value in fields:
+        # OWS before and after the value is not part of it (RFC 9110 section 5.5).
+        before, after = draw(st.sampled_from(OWS)), draw(st.sampled_from(OWS))
+        head += name + b":" + before + value + after + b"\r\n"
     return head + b"\r\n" + body
 
 
