@@ -10,7 +10,7 @@ body, keep-alive, upgrade) followed by the same error status, if any. Any except
 
 The suite runs a fixed-seed sample of a few seconds. The long run is one command::
 
-    python -m tests.test_parser_differential --cases 200000
+    python -m tests.test_parser_differential --cases 200000 --jobs 2
 
 which counts every disagreement instead of stopping at the first (see fuzz/README.md).
 """
@@ -18,13 +18,15 @@ which counts every disagreement instead of stopping at the first (see fuzz/READM
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import random
 import sys
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from asgiserve.protocols.errors import ProtocolError
@@ -146,6 +148,7 @@ FIELD_VALUES = [
 ]
 TRANSFER_ENCODINGS = [b"chunked", b",chunked", b"chunked,", b"gzip, chunked", b"chunked, gzip"]
 CONTENT_LENGTHS = [b"0", b"3", b"5", b"0005", b"+5", b"5, 5", b"18446744073709551616", b" 5 "]
+OWS = [b" ", b" ", b"", b"\t", b" \t "]
 INTERESTING_BYTES = list(b' \t\r\n\x00\x0b\x0c\x7f\xff:;=",0aA/?#%@[]')
 
 field = st.tuples(
@@ -197,7 +200,10 @@ def request(draw: st.DrawFn) -> bytes:
         fields.append((b"Upgrade", draw(st.sampled_from([b"websocket", b"foo", b"h2c"]))))
     fields = draw(st.permutations(fields))
     head = method + b" " + target + b" " + version + b"\r\n"
-    head += b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+    for name, value in fields:
+        # OWS before and after the value is not part of it (RFC 9110 section 5.5).
+        before, after = draw(st.sampled_from(OWS)), draw(st.sampled_from(OWS))
+        head += name + b":" + before + value + after + b"\r\n"
     return head + b"\r\n" + body
 
 
@@ -286,42 +292,65 @@ def test_backends_agree_on_generated_streams_whole_and_split(
     assert disagreements(data, reads, limits) == [], (data, reads, limits)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The long run: count every disagreement in ``--cases`` generated streams."""
-    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options.add_argument("--cases", type=int, default=200_000)
-    options.add_argument("--show", type=int, default=5, help="examples printed per kind")
-    arguments = options.parse_args(argv)
+def survey(
+    cases: int, random_seed: int, show: int
+) -> tuple[int, Counter[str], dict[str, list[str]]]:
+    """Run ``cases`` generated streams; count every disagreement, keep ``show`` of each kind."""
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
-    cases = 0
+    ran = 0
 
+    @seed(random_seed)
     @settings(
-        max_examples=arguments.cases,
+        max_examples=cases,
         deadline=None,
         database=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
     @given(stream())
-    def survey(case: tuple[bytes, list[bytes], dict[str, int]]) -> None:
-        nonlocal cases
-        cases += 1
+    def one_case(case: tuple[bytes, list[bytes], dict[str, int]]) -> None:
+        nonlocal ran
+        ran += 1
         data, reads, limits = case
         for finding in disagreements(data, reads, limits):
             kind = finding.split(":", 1)[0]
             counts[kind] += 1
             shown = examples.setdefault(kind, [])
-            if len(shown) < arguments.show:
+            if len(shown) < show:
                 shown.append(f"{finding}\n    input {data!r} reads {reads!r} limits {limits}")
 
+    one_case()
+    return ran, counts, examples
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The long run: count every disagreement in ``--cases`` generated streams."""
+    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options.add_argument("--cases", type=int, default=200_000)
+    options.add_argument("--jobs", type=int, default=1, help="processes, each with its own seed")
+    options.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
+    options.add_argument("--show", type=int, default=5, help="examples printed per kind")
+    arguments = options.parse_args(argv)
+    first_seed = arguments.seed if arguments.seed is not None else random.getrandbits(32)
+    jobs = max(1, arguments.jobs)
+    shares = [arguments.cases // jobs + (i < arguments.cases % jobs) for i in range(jobs)]
     started = time.perf_counter()
-    survey()
+    with multiprocessing.Pool(jobs) as pool:
+        results = pool.starmap(
+            survey, [(share, first_seed + i, arguments.show) for i, share in enumerate(shares)]
+        )
     elapsed = time.perf_counter() - started
-    print(f"{cases} cases in {elapsed:.0f} s: {dict(counts) or 'no disagreement'}")
-    for kind, shown in examples.items():
+    cases = sum(ran for ran, _, _ in results)
+    counts: Counter[str] = sum((found for _, found, _ in results), Counter())
+    print(
+        f"{cases} cases in {elapsed:.0f} s ({jobs} jobs, seeds {first_seed}..{first_seed + jobs - 1}):"
+        f" {dict(counts) or 'no disagreement'}"
+    )
+    for kind in counts:
         print(f"-- {kind} ({counts[kind]})")
-        print("\n".join(shown))
+        shown = [example for _, _, examples in results for example in examples.get(kind, [])]
+        print("\n".join(shown[: arguments.show]))
     return 1 if counts else 0
 
 

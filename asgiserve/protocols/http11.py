@@ -2,12 +2,18 @@
 
 Theory of operation
 -------------------
-A backend (httptools or h11) turns bytes into a request line and a header list; neither is
-strict enough on its own, and they disagree with each other. So every backend hands what it
-parsed to :func:`build_request_head`, which applies the same checks for both (framing headers,
-Host, request-target form, version) and returns a :class:`RequestHead` that says how the body is
-framed and whether the connection may be kept alive. The backend then reports the body through
-the :class:`RequestSink` interface.
+Neither parser library is strict enough on its own, and they disagree with each other (llhttp
+and h11 differed on 31,753 of 200,000 generated streams, and llhttp's verdicts depended on
+where reads began). So the bytes are framed here, once, for both backends:
+:class:`RequestFramer` finds where each head ends, checks it against the grammar of RFC 9112
+(one regex per head; line by line, left to right, only to name the first fault), enforces the
+size limits at the byte that crosses them, and reads bodies itself (Content-Length, and chunked
+with a capped chunk-size line, extensions and trailers). A backend only splits a checked head
+into fields, then :func:`build_request_head` applies the semantic checks (framing headers,
+Host, request-target form, method, version) and returns a :class:`RequestHead` that says how the
+body is framed and whether the connection may be kept alive. Requests and bodies are reported
+through the :class:`RequestSink` interface. Every step is linear in the bytes received, however
+they are split into reads.
 
 The response side is plain serialisation: status lines are pre-encoded, the ``date``/``server``
 block is handed in already encoded by the caller (it is refreshed once a second, not per
@@ -53,17 +59,28 @@ KNOWN_METHODS = frozenset(
 )
 
 
-class ParserLimits:
-    """Size limits applied while a request head is read; plain values, no config object."""
+#: The most bytes a chunk-size line may have, extensions and CRLF included. llhttp and Node cap
+#: them since chunk extensions were used to make servers buffer without end (CVE-2024-22019).
+MAX_CHUNK_LINE = 4096
 
-    __slots__ = ("max_fields", "max_head", "max_request_line")
+
+class ParserLimits:
+    """Size limits applied while a request is read; plain values, no config object."""
+
+    __slots__ = ("max_chunk_line", "max_fields", "max_head", "max_request_line")
 
     def __init__(
-        self, *, max_request_line: int = 8192, max_head: int = 65536, max_fields: int = 100
+        self,
+        *,
+        max_request_line: int = 8192,
+        max_head: int = 65536,
+        max_fields: int = 100,
+        max_chunk_line: int = MAX_CHUNK_LINE,
     ) -> None:
         self.max_request_line = max_request_line
         self.max_head = max_head
         self.max_fields = max_fields
+        self.max_chunk_line = max_chunk_line
 
 
 DEFAULT_LIMITS = ParserLimits()
@@ -183,6 +200,8 @@ _HOST_VALUE = re.compile(
     rb"(?::[0-9]*)?"
 )
 
+_VALID_HOSTS: set[bytes] = set()
+
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _UPGRADE = range(6)
 # The request headers that decide framing and persistence: one dict lookup per header.
 _FRAMING_HEADERS = {
@@ -268,10 +287,13 @@ def build_request_head(
     # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
     if hosts != 1 and (hosts > 1 or http_version == "1.1"):
         raise ProtocolError("missing Host header" if hosts == 0 else "duplicate Host header")
-    if hosts and _HOST_VALUE.fullmatch(host) is None:
+    if hosts and host not in _VALID_HOSTS:
         # RFC 9112 section 3.2: a Host that is not uri-host [":" port] (RFC 3986 section 3.2,
         # so no userinfo and no whitespace) gets 400.
-        raise ProtocolError("invalid Host header")
+        if _HOST_VALUE.fullmatch(host) is None:
+            raise ProtocolError("invalid Host header")
+        if len(_VALID_HOSTS) < 64 and len(host) <= 255:  # few names: remember them, boundedly
+            _VALID_HOSTS.add(host)
 
     content_length: int | None = None
     chunked = False
@@ -377,10 +399,6 @@ _CHUNK_LINE_RE = re.compile(
     rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|"
     rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*\r\n'
 )
-
-#: The most bytes a chunk-size line may have, extensions and CRLF included. llhttp and Node cap
-#: them since chunk extensions were used to make servers buffer without end (CVE-2024-22019).
-MAX_CHUNK_LINE = 4096
 
 # Framing states: one value says what the next bytes are.
 _HEAD, _LENGTH_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_END, _TRAILERS, _SWITCHED = range(7)
@@ -512,17 +530,18 @@ class RequestFramer:
     # -- the head ---------------------------------------------------------------------------
 
     def _read_head(self, buffer: bytes | bytearray, start: int, end: int) -> int:
-        if not self.in_head:
+        scanned = 0
+        if self.in_head:
+            # The head was cut by a read: resume the search where the last one stopped.
+            scanned = self._scanned
+            stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
+        elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
             # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
-            if buffer[start : start + 2] == b"\r\n":
-                return start + 2
-            if end - start == 1 and buffer[start] == 13:
-                return -1
-            self.in_head = True
-        # The head ends at the first CRLF CRLF; resume the search where the last one stopped.
-        scanned = self._scanned
-        stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
+            return start + 2 if end - start > 1 else -1
+        else:
+            stop = buffer.find(b"\r\n\r\n", start)
         if stop == -1:
+            self.in_head = True
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
@@ -538,8 +557,9 @@ class RequestFramer:
             # Something is wrong: find the first fault, line by line, for its exact status.
             self._check_lines(head, 0, len(head), True, 0)
             raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
-        self._scanned = self._line_start = self._fields = 0
-        self.in_head = False
+        if self.in_head:
+            self.in_head = False
+            self._scanned = self._line_start = self._fields = 0
         method, target, version = match.groups()
         request = self._parse_head(
             head,

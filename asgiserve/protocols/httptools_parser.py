@@ -20,6 +20,7 @@ from __future__ import annotations
 import httptools
 
 from asgiserve.protocols.http11 import (
+    MAX_CHUNK_LINE,
     RequestFramer,
     RequestHead,
     RequestSink,
@@ -35,8 +36,23 @@ class HttptoolsParser(RequestFramer):
 
     __slots__ = ("_fresh", "_headers", "_parser")
 
-    def __init__(self, sink: RequestSink, **limits: int) -> None:
-        super().__init__(sink, **limits)
+    def __init__(
+        self,
+        sink: RequestSink,
+        *,
+        max_request_line: int = 8192,
+        max_head: int = 65536,
+        max_fields: int = 100,
+        max_chunk_line: int = MAX_CHUNK_LINE,
+    ) -> None:
+        # Spelled out, not **limits: mypyc passes a dict where an int is expected.
+        super().__init__(
+            sink,
+            max_request_line=max_request_line,
+            max_head=max_head,
+            max_fields=max_fields,
+            max_chunk_line=max_chunk_line,
+        )
         self._headers: list[tuple[bytes, bytes]] = []
         self._parser = self._new_parser()
         # False once llhttp has been left inside a message: the next head needs a new parser.
