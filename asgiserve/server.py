@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from asgiserve.asgi.types import ASGIApp
+    from asgiserve.protocols.http11 import RequestHead, RequestSink
     from asgiserve.transport.binding import Listener
+    from asgiserve.transport.state import ParserFactory, RequestParser
 
 logger = logging.getLogger("asgiserve.error")
 
@@ -149,6 +151,8 @@ class Server:
                 max_head=config.limits.request_head,
                 max_fields=config.limits.request_fields,
             )
+            if logger.isEnabledFor(TRACE):
+                factory = _traced_parser_factory(factory)
         except LoadError as exc:
             raise StartupFailure(str(exc), exit_code=1) from exc
         except Exception as exc:
@@ -486,6 +490,52 @@ def setup_logging(config: Config) -> None:
 
 def _in_empty_context(state: ServerState) -> HTTP11Connection:
     return contextvars.Context().run(HTTP11Connection, state)
+
+
+def _traced_parser_factory(factory: ParserFactory) -> ParserFactory:
+    """At ``--log-level trace``: parsers that report to a :class:`TracedSink` in front of the
+    connection, so that parser events are logged without a check on the untraced path."""
+
+    def make(sink: RequestSink) -> RequestParser:
+        return factory(TracedSink(sink))
+
+    return make
+
+
+class TracedSink:
+    """Logs what the parser reports (request heads, body bytes, ends, upgrades), then passes it
+    on to the connection."""
+
+    def __init__(self, sink: RequestSink) -> None:
+        self.sink = sink
+
+    def on_request(self, head: RequestHead) -> bool | None:
+        logger.log(
+            TRACE,
+            "parser: request head %s %s HTTP/%s (%d fields, %s)",
+            head.method,
+            head.target.decode("latin-1"),
+            head.http_version,
+            len(head.headers),
+            "chunked body"
+            if head.chunked
+            else f"{head.content_length} body bytes"
+            if head.content_length
+            else "no body",
+        )
+        return self.sink.on_request(head)
+
+    def on_body(self, data: bytes) -> None:
+        logger.log(TRACE, "parser: %d body bytes", len(data))
+        self.sink.on_body(data)
+
+    def on_request_end(self) -> None:
+        logger.log(TRACE, "parser: request complete")
+        self.sink.on_request_end()
+
+    def on_upgrade(self, rest: bytes) -> None:
+        logger.log(TRACE, "parser: protocol switch (%d bytes after the head)", len(rest))
+        self.sink.on_upgrade(rest)
 
 
 class TracedProtocol(asyncio.Protocol):

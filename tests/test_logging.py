@@ -4,6 +4,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
 from asgiserve.logging import escape
 
@@ -33,6 +34,19 @@ def test_trace_logs_connections_and_asgi_messages(cli: Any) -> None:
     assert "ASGI [2] send {'type': 'http.response.start', 'status': 200" in log
     assert "ASGI [2] send {'type': 'http.response.body', 'body': '<0 bytes>'" in log
     assert "ASGI [2] completed" in log
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_trace_logs_parser_events(cli: Any, http: str) -> None:
+    server = cli("tests.apps:app", "--log-level", "trace", "--http", http)
+    response = httpx.post(f"{server.url}/echo?q=1", content=b"hello")
+    assert response.status_code == 200
+    assert server.stop() == 0
+    log = server.output()
+    assert "parser: request head POST /echo?q=1 HTTP/1.1 (" in log
+    assert "5 body bytes)" in log
+    assert "parser: 5 body bytes" in log
+    assert "parser: request complete" in log
 
 
 def test_trace_logs_a_websocket_switch(cli: Any) -> None:
