@@ -157,6 +157,7 @@ def compiled_tree(python: str) -> Path:
     sources = [
         ROOT / "setup.py",
         ROOT / "pyproject.toml",
+        *sorted((ROOT / "build_backend").rglob("*.py")),
         *sorted((ROOT / "asgiserve").rglob("*.py")),
     ]
     digest = hashlib.sha256(python.encode())
@@ -169,9 +170,10 @@ def compiled_tree(python: str) -> Path:
     tree.mkdir(parents=True)
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)
-    shutil.copytree(
-        ROOT / "asgiserve", tree / "asgiserve", ignore=shutil.ignore_patterns("*.so", "__pycache__")
-    )
+    for package in ("asgiserve", "build_backend"):
+        shutil.copytree(
+            ROOT / package, tree / package, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
     print(f"building the compiled asgiserve in {tree.relative_to(ROOT)} (mypyc, ~1 min)...")
     env = dict(os.environ, ASGISERVE_COMPILE="1")
     proc = subprocess.run(
