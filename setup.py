@@ -101,14 +101,30 @@ def _pure_reason(mode: Mode, commands: set[str]) -> str | None:
     return None
 
 
+def _pure(reason: str) -> list[object]:
+    print(f"asgiserve: building the pure-Python version: {reason}", file=sys.stderr)
+    return []
+
+
 def _extensions() -> list[object]:
     commands = set(sys.argv[1:])
     if not commands & (_BUILD_COMMANDS | {"editable_wheel"}):
         return []
-    reason = _pure_reason(requested_mode(), commands)
+    mode = requested_mode()
+    reason = _pure_reason(mode, commands)
     if reason is not None:
-        print(f"asgiserve: building the pure-Python version: {reason}", file=sys.stderr)
-        return []
+        return _pure(reason)
+    try:
+        return _mypycify()
+    except (SystemExit, Exception):  # mypy's errors are above; exits 1 on a type error
+        if mode is Mode.REQUIRED:
+            raise
+        # This mypy cannot compile these sources here (a Python it does not know yet, typed
+        # dependencies whose types changed): the install still works, pure.
+        return _pure("mypyc could not compile the hot modules (its errors are above)")
+
+
+def _mypycify() -> list[object]:
     import mypy.version
     from mypyc.build import mypycify
 

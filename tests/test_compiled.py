@@ -117,14 +117,16 @@ def _source_tree(tmp_path: Path) -> Path:
     return tree
 
 
-def _pip_wheel(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _pip_wheel(
+    tmp_path: Path, tree: Path | None = None, **env: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     """``pip wheel`` of the sources, with this environment's setuptools and mypy (no download)."""
     if int(importlib.metadata.version("setuptools").split(".")[0]) < 77:
         pytest.skip("needs setuptools>=77 (the test extra)")
     out = tmp_path / "wheels"
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
     result = subprocess.run(
-        [*pip_wheel, "--wheel-dir", str(out), str(_source_tree(tmp_path))],
+        [*pip_wheel, "--wheel-dir", str(out), str(tree or _source_tree(tmp_path))],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -134,11 +136,9 @@ def _pip_wheel(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[
     return result, out
 
 
-def test_a_source_install_without_a_c_compiler_is_pure_python_and_says_so(
-    tmp_path: Path,
+def _assert_pure_wheel_saying(
+    result: subprocess.CompletedProcess[str], out: Path, why: str
 ) -> None:
-    # CC=/bin/false: a compiler that fails whatever it is given, as a missing one does.
-    result, out = _pip_wheel(tmp_path, CC="/bin/false", ASGISERVE_COMPILE="")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     wheels = sorted(out.glob("*.whl"))
     assert len(wheels) == 1 and wheels[0].name.endswith("-py3-none-any.whl"), wheels
@@ -151,7 +151,28 @@ def test_a_source_install_without_a_c_compiler_is_pure_python_and_says_so(
         for line in (result.stdout + result.stderr).splitlines()
         if "asgiserve: building the pure-Python version" in line
     ]
-    assert len(said) == 1 and "no working C compiler" in said[0], said
+    assert len(said) == 1 and why in said[0], said
+
+
+def test_a_source_install_without_a_c_compiler_is_pure_python_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # CC=/bin/false: a compiler that fails whatever it is given, as a missing one does.
+    result, out = _pip_wheel(tmp_path, CC="/bin/false", ASGISERVE_COMPILE="")
+    _assert_pure_wheel_saying(result, out, "no working C compiler")
+
+
+def test_a_source_install_that_mypyc_cannot_compile_is_pure_python_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # As with a mypy that does not know this Python yet, or typed dependencies whose types
+    # changed: the compiler refuses the sources, and the install still works.
+    pytest.importorskip("mypyc")
+    tree = _source_tree(tmp_path)
+    with (tree / "asgiserve" / "asgi" / "scope.py").open("a") as scope:
+        scope.write('\n_REFUSED: int = "not an int"\n')
+    result, out = _pip_wheel(tmp_path, tree, ASGISERVE_COMPILE="")
+    _assert_pure_wheel_saying(result, out, "mypyc could not compile the hot modules")
 
 
 def test_asgiserve_compile_1_without_a_c_compiler_fails_and_says_why(tmp_path: Path) -> None:
