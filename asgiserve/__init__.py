@@ -15,21 +15,20 @@ __all__ = ["Config", "ConfigError", "Server", "__version__", "run"]
 
 def run(app: str | Callable[..., Any] | None, **options: Any) -> None:
     """Serve ``app`` (an ASGI app or ``"module:attr"``; None with ``static=DIR``) with the
-    CLI's options as keywords.
+    CLI's options as keywords (or ``uvicorn.run()``'s).
 
     Blocks until the server exits; exits the process with a non-zero status if it could not
     start.
     """
-    from asgiserve.logging import configure_logging
+    from asgiserve.compat import log_notes, translate_uvicorn_options
+    from asgiserve.logging import configure_logging_for
     from asgiserve.supervisors import run as run_config
 
+    # uvicorn.run()'s keywords are accepted too (interface=, reload_delay=, ...).
+    options, notes = translate_uvicorn_options(options)
     config = Config.from_options(app, **options)
-    configure_logging(
-        config.log_level,
-        access_log=config.access_log,
-        log_format=config.log_format,
-        log_config=config.log_config,
-    )
+    configure_logging_for(config)
+    log_notes(notes)
     code = run_config(config)
     if code:
         sys.exit(code)

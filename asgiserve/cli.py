@@ -7,15 +7,98 @@ Every option can also be set from the environment as ``ASGISERVE_<OPTION>``
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
 from typing import Any
 
 import click
 
 from asgiserve._version import __version__
+from asgiserve.compat import Note, log_notes, translate_uvicorn_options
 from asgiserve.config import DEFAULTS, LOG_LEVELS, Config, ConfigError
 
 __all__ = ["main"]
+
+#: ``--help`` sections, in order: each option goes in the first section whose names or name
+#: prefixes match its parameter name (``timeout_`` holds every ``--timeout-*`` flag).
+HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "Server",
+        (
+            "host",
+            "port",
+            "uds",
+            "fd",
+            "bind",
+            "backlog",
+            "loop",
+            "lifespan",
+            "interface",
+            "factory",
+            "app_dir",
+            "env_file",
+            "root_path",
+            "reset_contextvars",
+            "config_file",
+            "version",
+        ),
+    ),
+    ("HTTP", ("http", "server_header", "date_header", "headers")),
+    ("WebSockets", ("ws", "ws_", "no_ws_")),
+    ("HTTP/2", ("http2", "h2_")),
+    ("TLS", ("ssl_",)),
+    ("Proxies", ("proxy_headers", "forwarded_allow_ips", "proxy_protocol")),
+    ("Limits and timeouts", ("limit_", "timeout_", "h11_max_incomplete_event_size")),
+    ("Processes", ("workers", "reload", "reload_", "pid_file")),
+    ("Logging", ("log_", "access_log", "access_log_format", "use_colors")),
+    ("Static files", ("static", "mounts", "follow_symlinks", "static_")),
+)
+
+
+def help_section(name: str | None) -> str | None:
+    """The ``--help`` section of the option whose parameter is ``name``."""
+    if name is None:
+        return None
+    for title, keys in HELP_SECTIONS:
+        for key in keys:
+            if name == key or (key.endswith("_") and name.startswith(key)):
+                return title
+    return None
+
+
+def _help_record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | None:
+    """An option's ``--help`` row, a boolean default reading ``on``/``off`` (click would show
+    the flag's name, ``[default: ws-per-message-deflate]``, or nothing for a plain flag)."""
+    if not isinstance(param, click.Option):
+        return None
+    record = param.get_help_record(ctx)
+    if record is None or param.show_default is False or not isinstance(param.default, bool):
+        return record
+    if not (param.is_flag or param.type is click.BOOL):
+        return record
+    flags, text = record
+    text = re.sub(r"\s*\[default: [^\]]*\]$", "", text)
+    return flags, f"{text}  [default: {'on' if param.default else 'off'}]"
+
+
+class _Command(click.Command):
+    """``--help`` with the options in sections (:data:`HELP_SECTIONS`)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {title: [] for title, _ in HELP_SECTIONS}
+        for param in self.get_params(ctx):
+            record = _help_record(param, ctx)
+            if record is None:
+                continue
+            # click's own --help option goes with the server's.
+            section = "Server" if param is self.get_help_option(ctx) else help_section(param.name)
+            rows.setdefault(section or "Other", []).append(record)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
 
 
 def _default(name: str) -> Any:
@@ -88,7 +171,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 @click.command(
-    context_settings={"auto_envvar_prefix": "ASGISERVE", "help_option_names": ["-h", "--help"]}
+    cls=_Command,
+    context_settings={"auto_envvar_prefix": "ASGISERVE", "help_option_names": ["-h", "--help"]},
 )
 @click.argument("app", envvar="ASGISERVE_APP", required=False)
 @click.option("--host", default=_default("host"), show_default=True, help="Bind to this address.")
@@ -145,6 +229,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Also watch files matching this pattern (repeatable; *.py always).",
 )
 @click.option(
+    "--reload-delay",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="uvicorn's; ignored with a warning: the reloader acts on change events "
+    "(or polls every 0.25 s).",
+)
+@click.option(
     "--reload-exclude",
     "reload_excludes",
     multiple=True,
@@ -167,24 +259,25 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 )
 @click.option(
     "--loop",
-    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    type=click.Choice(["auto", "asyncio", "uvloop", "zuvloop"]),
     default=_default("loop"),
     show_default=True,
-    help="Event loop.",
+    help="Event loop (zuvloop, uvicorn's own: uvloop).",
 )
 @click.option(
     "--http",
-    type=click.Choice(["auto", "httptools", "h11"]),
+    type=click.Choice(["auto", "httptools", "h11", "zttp"]),
     default=_default("http"),
     show_default=True,
-    help="HTTP/1.1 parser.",
+    help="HTTP/1.1 parser (zttp, uvicorn's own: auto).",
 )
 @click.option(
     "--ws",
-    type=click.Choice(["auto", "none", "websockets"]),
+    type=click.Choice(["auto", "none", "websockets", "websockets-sansio", "wsproto"]),
     default=_default("ws"),
     show_default=True,
-    help="WebSocket support (none: upgrade requests are served as plain HTTP).",
+    help="WebSocket support (none: upgrade requests are served as plain HTTP; "
+    "websockets-sansio and wsproto, uvicorn's names: websockets).",
 )
 @click.option(
     "--ws-max-size",
@@ -222,10 +315,22 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Seconds to wait for the peer's close frame after ours.",
 )
 @click.option(
-    "--ws-per-message-deflate/--no-ws-per-message-deflate",
+    "--ws-per-message-deflate",
+    type=click.BOOL,
+    # uvicorn's syntax takes a value (--ws-per-message-deflate false); alone, the flag is on.
+    is_flag=False,
+    flag_value=True,
     default=_default("ws_per_message_deflate"),
     show_default=True,
+    metavar="[BOOLEAN]",
     help="Negotiate permessage-deflate compression.",
+)
+@click.option(
+    "--no-ws-per-message-deflate",
+    is_flag=True,
+    default=False,
+    show_default=False,
+    help="The same as --ws-per-message-deflate false.",
 )
 @click.option(
     "--http2/--no-http2",
@@ -269,13 +374,28 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="ASGI lifespan protocol.",
 )
 @click.option(
+    "--interface",
+    type=click.Choice(["auto", "asgi3", "asgi2", "wsgi"]),
+    default=_default("interface"),
+    show_default=True,
+    help="How to call APP: auto (ASGI 3, or ASGI 2 for a one-argument callable), asgi3, asgi2, "
+    "or wsgi (through a2wsgi: install the wsgi extra).",
+)
+@click.option(
+    "--reset-contextvars",
+    is_flag=True,
+    default=_default("reset_contextvars"),
+    help="Run requests in an empty contextvars.Context: context variables set around the "
+    "server (or by the lifespan) are not seen.",
+)
+@click.option(
     "--root-path",
     default=_default("root_path"),
     help="The prefix the app is mounted under behind a proxy (ASGI root_path).",
 )
 @click.option(
     "--static",
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     default=None,
     metavar="DIR",
     help="Serve the files in DIR instead of an app (no APP; folder listings and index.html, "
@@ -318,7 +438,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 )
 @click.option(
     "--env-file",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Load environment variables from this file first.",
 )
@@ -334,6 +454,12 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=_default("access_log"),
     show_default=True,
     help="Log one line per response.",
+)
+@click.option(
+    "--use-colors/--no-use-colors",
+    default=None,
+    show_default="when stderr is a terminal",
+    help="Colour the level names of text logs.",
 )
 @click.option(
     "--server-header/--no-server-header",
@@ -371,27 +497,27 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 )
 @click.option(
     "--log-config",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Logging configuration applied after ours: dictConfig as .json or .yaml/.yml "
+    help="Logging configuration used instead of ours: dictConfig as .json or .yaml/.yml "
     "(needs PyYAML), or fileConfig INI (any other extension).",
 )
 @click.option(
     "--ssl-certfile",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Serve HTTPS/WSS with this PEM certificate (chain).",
 )
 @click.option(
     "--ssl-keyfile",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="PEM private key [default: in --ssl-certfile].",
 )
 @click.option("--ssl-keyfile-password", default=None, help="Password of an encrypted key.")
 @click.option(
     "--ssl-ca-certs",
-    type=click.Path(),
+    type=click.Path(exists=True),
     default=None,
     help="CA certificates (file or directory) to verify client certificates against.",
 )
@@ -450,6 +576,20 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     default=_default("timeout_request_head"),
     show_default=True,
     help="Seconds from a request's first byte to the end of its head (then 408).",
+)
+@click.option(
+    "--timeout-request-body",
+    type=float,
+    default=_default("timeout_request_body"),
+    show_default=True,
+    help="Seconds within which each 64 KiB of a request body must arrive (then 408).",
+)
+@click.option(
+    "--timeout-response-write",
+    type=float,
+    default=_default("timeout_response_write"),
+    show_default=True,
+    help="Seconds a client that stops reading a response has to read on (then close).",
 )
 @click.option(
     "--timeout-graceful-shutdown",
@@ -524,6 +664,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Max bytes in the request head (431).",
 )
 @click.option(
+    "--h11-max-incomplete-event-size",
+    type=int,
+    default=None,
+    metavar="BYTES",
+    help="uvicorn's name for --limit-request-head (here on every parser).",
+)
+@click.option(
     "--limit-request-fields",
     type=int,
     default=_default("limit_request_fields"),
@@ -537,6 +684,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     metavar="BYTES",
     show_default=_show("limit_request_body"),
     help="Max bytes in a request body (413 before the app reads past it).",
+)
+@click.option(
+    "--limit-discard-body",
+    type=int,
+    default=_default("limit_discard_body"),
+    metavar="BYTES",
+    show_default=True,
+    help="Max bytes of a request body the app left unread that are read and dropped to keep "
+    "the connection (beyond: close).",
 )
 @click.option(
     "--config",
@@ -561,24 +717,52 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 def main(app: str | None, **options: Any) -> None:
     """Serve the ASGI application APP, given as "module:attribute" (e.g. main:app), or a
     folder with --static DIR."""
-    from asgiserve.logging import LogConfigError, configure_logging
+    from asgiserve.logging import LogConfigError, configure_logging_for
     from asgiserve.supervisors import run
 
     options["headers"] = list(options["headers"])
+    if options.pop("no_ws_per_message_deflate"):
+        options["ws_per_message_deflate"] = False
     if app is None and options["static"] is None:
         raise click.UsageError("Missing argument 'APP' (or --static DIR to serve a folder).")
+    for mount in options["mounts"]:
+        # A missing folder is a bad option (exit 2), found before any worker starts.
+        directory = mount.partition("=")[2]
+        if directory and not os.path.isdir(directory):
+            raise click.BadParameter(
+                f"{mount!r}: no such folder {directory!r}", param_hint="--mount"
+            )
+    notes = _workers_with_reload(click.get_current_context(), options)
+    options, uvicorn_notes = translate_uvicorn_options(options)
     try:
         config = Config.from_options(app, **options)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        configure_logging(
-            config.log_level,
-            access_log=config.access_log,
-            log_format=config.log_format,
-            log_config=config.log_config,
-        )
+        configure_logging_for(config)
     except LogConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    log_notes([*notes, *uvicorn_notes])
     code = run(config)
     sys.exit(code)
+
+
+def _workers_with_reload(ctx: click.Context, options: dict[str, Any]) -> list[Note]:
+    """``--reload`` runs one worker. A worker count from the environment (platforms set
+    ``WEB_CONCURRENCY`` for every process) is then ignored, with a line naming the variable;
+    one given on the command line is an error, as before."""
+    workers = options.get("workers")
+    source = ctx.get_parameter_source("workers")
+    if not options.get("reload") or workers is None or workers <= 1:
+        return []
+    if source is not click.core.ParameterSource.ENVIRONMENT:
+        return []
+    variable = "ASGISERVE_WORKERS" if "ASGISERVE_WORKERS" in os.environ else "WEB_CONCURRENCY"
+    options["workers"] = None
+    return [
+        Note(
+            logging.WARNING,
+            f"--reload runs one worker: the {workers} workers from {variable}={workers} are "
+            "not started.",
+        )
+    ]

@@ -35,6 +35,7 @@ LoopChoice = Literal["auto", "asyncio", "uvloop"]
 HTTPChoice = Literal["auto", "httptools", "h11"]
 WSChoice = Literal["auto", "none", "websockets"]
 LifespanChoice = Literal["auto", "on", "off"]
+InterfaceChoice = Literal["auto", "asgi3", "asgi2", "wsgi"]
 ProxyProtocolChoice = Literal["off", "v1", "v2", "auto"]
 LogFormatChoice = Literal["text", "json"]
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -42,6 +43,12 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 class ConfigError(ValueError):
     """An option has a value the server cannot run with; the message names the option."""
+
+
+def flag(name: str) -> str:
+    """An option's command-line flag, for messages: ``limit_concurrency`` ->
+    ``--limit-concurrency`` (the same name ``asgiserve.run()`` takes, with ``_``)."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,12 @@ class Timeouts:
     keep_alive: float = 5.0
     #: From the first byte of a request to the end of its head; then 408 and close.
     request_head: float = 10.0
+    #: While a request body is read, each 64 KiB of it must come within this many seconds
+    #: (a body that trickles in forever); then 408 and close.
+    request_body: float = 30.0
+    #: A client that stops reading a response must take some of it within this many seconds
+    #: (writing resumes); else the connection is dropped.
+    response_write: float = 60.0
     #: On shutdown, how long in-flight requests may take before they are cancelled.
     graceful_shutdown: float = 30.0
     #: With workers: a worker whose event loop does not answer the supervisor's health ping
@@ -84,6 +97,9 @@ class Limits:
     request_fields: int = 100
     #: Bytes in a request body (413 beyond); None: no limit.
     request_body: int | None = None
+    #: Bytes of a request body the app did not read that are read and dropped after its
+    #: response, to keep the connection; beyond this the connection is closed instead.
+    discard_body: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +180,25 @@ class TLS:
 #: Minimum TLS versions by the spellings ``--ssl-version`` accepts, normalised.
 TLS_VERSIONS = {"1": (1, 0), "1.0": (1, 0), "1.1": (1, 1), "1.2": (1, 2), "1.3": (1, 3)}
 
+#: uvicorn's ``--ssl-version`` takes the ssl module's ``PROTOCOL_*`` number; as lowest versions:
+#: PROTOCOL_TLS (2), PROTOCOL_TLS_CLIENT (16) and PROTOCOL_TLS_SERVER (17, uvicorn's default)
+#: mean "what OpenSSL allows", for which our floor is TLS 1.2; PROTOCOL_TLSv1 (3), _TLSv1_1 (4)
+#: and _TLSv1_2 (5) name one version, taken here as the lowest one accepted.
+SSL_PROTOCOL_NUMBERS = {
+    "2": (1, 2),
+    "16": (1, 2),
+    "17": (1, 2),
+    "3": (1, 0),
+    "4": (1, 1),
+    "5": (1, 2),
+}
+
 
 def parse_tls_version(value: str) -> tuple[int, int]:
     """``TLSv1_2``, ``TLSv1.2``, ``tls1.2`` or ``1.2`` -> ``(1, 2)``."""
     text = str(value).strip().lower().replace("_", ".")
+    if text in SSL_PROTOCOL_NUMBERS:
+        return SSL_PROTOCOL_NUMBERS[text]
     for prefix in ("tlsv", "tls"):
         if text.startswith(prefix):
             text = text[len(prefix) :]
@@ -176,7 +207,8 @@ def parse_tls_version(value: str) -> tuple[int, int]:
         return TLS_VERSIONS[text]
     except KeyError:
         raise ConfigError(
-            f"ssl_version must be one of TLSv1, TLSv1_1, TLSv1_2, TLSv1_3; got {value!r}"
+            f"--ssl-version must be one of TLSv1, TLSv1_1, TLSv1_2, TLSv1_3 (or the ssl module's "
+            f"PROTOCOL_* number, as uvicorn takes it); got {value!r}"
         ) from None
 
 
@@ -205,12 +237,20 @@ class Config:
     #: WebSocket support: ``auto`` (when ``websockets`` is installed), ``websockets``, ``none``.
     ws: WSChoice = "auto"
     lifespan: LifespanChoice = "auto"
+    #: How to call the app: ``auto`` (ASGI 3, or ASGI 2 when it takes one argument), ``asgi3``,
+    #: ``asgi2``, or ``wsgi`` (through a2wsgi, the ``wsgi`` extra).
+    interface: InterfaceChoice = "auto"
     root_path: str = ""
     factory: bool = False
     app_dir: str = "."
     env_file: str | None = None
     log_level: str = "info"
     access_log: bool = True
+    #: Colour the level names of text logs: None: when stderr is a terminal.
+    use_colors: bool | None = None
+    #: Run each connection's requests in an empty contextvars.Context instead of a copy of the
+    #: server's (context variables set around ``serve()`` or by the lifespan are then not seen).
+    reset_contextvars: bool = False
     server_header: bool = True
     date_header: bool = True
     #: Extra response headers as ``(name, value)`` pairs (``--header NAME:VALUE``).
@@ -228,7 +268,7 @@ class Config:
     proxy_headers: bool = True
     #: Peers whose forwarding headers are believed: IPs, CIDR networks, ``*`` (any) and
     #: ``unix:`` (connections on unix sockets). A string is split on commas.
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     #: The PROXY protocol header (HAProxy, cloud load balancers) before TLS and HTTP:
     #: ``off``, ``v1``, ``v2`` or ``auto`` (either version, or none).
     proxy_protocol: ProxyProtocolChoice = "off"
@@ -337,42 +377,43 @@ def _positive(name: str, value: float | None, *, allow_none: bool = False) -> No
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be a positive number, got {value!r}")
 
 
 def _validate(config: Config) -> None:
     if not (isinstance(config.port, int) and 0 <= config.port <= 65535):
-        raise ConfigError(f"port must be between 0 and 65535, got {config.port!r}")
+        raise ConfigError(f"--port must be between 0 and 65535, got {config.port!r}")
     if config.fd is not None and config.fd < 0:
-        raise ConfigError(f"fd must be a non-negative file descriptor, got {config.fd!r}")
+        raise ConfigError(f"--fd must be a non-negative file descriptor, got {config.fd!r}")
     _positive("backlog", config.backlog)
     for name, allowed in (
         ("loop", ("auto", "asyncio", "uvloop")),
         ("http", ("auto", "httptools", "h11")),
         ("ws", ("auto", "none", "websockets")),
         ("lifespan", ("auto", "on", "off")),
+        ("interface", ("auto", "asgi3", "asgi2", "wsgi")),
         ("proxy_protocol", ("off", "v1", "v2", "auto")),
         ("log_format", ("text", "json")),
         ("log_level", LOG_LEVELS),
     ):
         if getattr(config, name) not in allowed:
             raise ConfigError(
-                f"{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}"
+                f"{flag(name)} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}"
             )
     if config.root_path and (
         not config.root_path.startswith("/") or config.root_path.endswith("/")
     ):
         raise ConfigError(
-            f"root_path must start with '/' and not end with one, got {config.root_path!r}"
+            f"--root-path must start with '/' and not end with one, got {config.root_path!r}"
         )
     if config.app is None:
         if config.static is None:
             raise ConfigError(
                 "an app is required: an ASGI application or an import string 'module:attr' "
-                "(or static, to serve a folder)"
+                "(or --static DIR, to serve a folder)"
             )
     elif config.static is not None:
-        raise ConfigError("static serves a folder in place of an app: give an app or static")
+        raise ConfigError("--static serves a folder in place of an app: give an app or --static")
     elif not isinstance(config.app, str) and not callable(config.app):
         raise ConfigError("app must be an ASGI application or an import string 'module:attr'")
     _validate_static(config)
@@ -381,17 +422,17 @@ def _validate(config: Config) -> None:
     limits = config.limits
     _positive("limit_concurrency", limits.concurrency, allow_none=True)
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
-    for name in ("request_line", "request_head", "request_fields"):
+    for name in ("request_line", "request_head", "request_fields", "discard_body"):
         _positive(f"limit_{name}", getattr(limits, name))
     for name in ("max_concurrent_streams", "max_header_list_size", "max_resets"):
         _positive(f"h2_{name}", getattr(config.h2, name))
     if not 65535 <= config.h2.initial_window_size <= 2**31 - 1:
-        raise ConfigError("h2_initial_window_size must be between 65535 and 2147483647")
+        raise ConfigError("--h2-initial-window-size must be between 65535 and 2147483647")
     websocket = config.websocket
     for name in ("max_size", "max_queue", "ping_interval", "ping_timeout", "close_timeout"):
         _positive(f"ws_{name}", getattr(websocket, name))
     if limits.request_line > limits.request_head:
-        raise ConfigError("limit_request_line cannot exceed limit_request_head")
+        raise ConfigError("--limit-request-line cannot exceed --limit-request-head")
     for header in config.headers:
         parse_header(header)
     _positive("limit_request_body", limits.request_body, allow_none=True)
@@ -410,51 +451,55 @@ def _validate_process_model(config: Config) -> None:
         try:
             parse_bind(address)
         except ValueError as exc:
-            raise ConfigError(f"bind {address!r}: {exc}") from None
+            raise ConfigError(f"--bind {address!r}: {exc}") from None
     workers = config.workers
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
-        raise ConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
+        raise ConfigError(f"--workers must be a whole number of at least 1, got {workers!r}")
     if (
         (workers is not None or config.reload)
         and not isinstance(config.app, str)
         and config.static is None
     ):
         # Worker processes import the app themselves; an app object cannot cross into them.
-        option = "reload" if config.reload else "workers"
+        option = "--reload" if config.reload else "--workers"
         raise ConfigError(
             f"{option} needs the app as an import string 'module:attr' (each worker process "
             "imports it), not an app object"
         )
     if config.reload and workers is not None and workers > 1:
-        raise ConfigError("reload runs a single worker: it cannot be combined with workers > 1")
+        raise ConfigError("--reload runs a single worker: it cannot be combined with --workers > 1")
     limits = config.limits
     jitter = limits.max_requests_jitter
     if isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0:
-        raise ConfigError(f"limit_max_requests_jitter must be a whole number >= 0, got {jitter!r}")
+        raise ConfigError(
+            f"--limit-max-requests-jitter must be a whole number >= 0, got {jitter!r}"
+        )
     if jitter and limits.max_requests is None:
-        raise ConfigError("limit_max_requests_jitter needs limit_max_requests")
+        raise ConfigError("--limit-max-requests-jitter needs --limit-max-requests")
     _positive("limit_worker_memory", limits.worker_memory, allow_none=True)
     if limits.worker_memory is not None and workers is None:
         raise ConfigError(
-            "limit_worker_memory needs workers: the supervisor is what replaces a worker"
+            "--limit-worker-memory needs --workers: the supervisor is what replaces a worker"
         )
     for name in ("dirs", "includes", "excludes"):
         values = getattr(config.reloader, name)
         if not isinstance(values, tuple) or not all(isinstance(v, str) and v for v in values):
-            raise ConfigError(f"reload_{name} must be a list of non-empty strings")
+            raise ConfigError(
+                f"{flag('reload_' + name.removesuffix('s'))} must be a list of non-empty strings"
+            )
 
 
 def parse_mount(mount: str) -> tuple[str, str]:
     """``"/static=DIR"`` -> ``("/static", "DIR")``, the prefix checked."""
     prefix, sep, directory = mount.partition("=")
     if not sep or not directory:
-        raise ConfigError(f"mounts {mount!r}: expected PREFIX=DIR, e.g. /static=./public")
+        raise ConfigError(f"--mount {mount!r}: expected PREFIX=DIR, e.g. /static=./public")
     if not prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "?#\0"):
         raise ConfigError(
-            f"mounts {mount!r}: the prefix must start with '/' and not end with one "
-            "(to serve a folder at '/', use static)"
+            f"--mount {mount!r}: the prefix must start with '/' and not end with one "
+            "(to serve a folder at '/', use --static)"
         )
     return prefix, directory
 
@@ -462,16 +507,16 @@ def parse_mount(mount: str) -> tuple[str, str]:
 def _validate_static(config: Config) -> None:
     """``static``, ``mounts``: shapes only; whether the folders exist is checked on load."""
     if config.static is not None and (not isinstance(config.static, str) or not config.static):
-        raise ConfigError(f"static must be a folder path, got {config.static!r}")
+        raise ConfigError(f"--static must be a folder path, got {config.static!r}")
     if not isinstance(config.mounts, tuple) or not all(isinstance(m, str) for m in config.mounts):
-        raise ConfigError("mounts must be a list of PREFIX=DIR strings")
+        raise ConfigError("--mount values must be PREFIX=DIR strings")
     open_files = config.static_open_files
     if isinstance(open_files, bool) or not isinstance(open_files, int) or open_files < 0:
-        raise ConfigError(f"static_open_files must be a whole number >= 0, got {open_files!r}")
+        raise ConfigError(f"--static-open-files must be a whole number >= 0, got {open_files!r}")
     prefixes = [parse_mount(mount)[0] for mount in config.mounts]
     for prefix in prefixes:
         if prefixes.count(prefix) > 1:
-            raise ConfigError(f"mounts: the prefix {prefix!r} is given more than once")
+            raise ConfigError(f"--mount: the prefix {prefix!r} is given more than once")
 
 
 def split_allow_ips(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -487,29 +532,29 @@ def _validate_edge(config: Config) -> None:
     try:
         TrustedPeers(config.forwarded_allow_ips)
     except ValueError as exc:
-        raise ConfigError(f"forwarded_allow_ips: {exc}") from None
+        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
     try:
         compile_access_format(config.access_log_format)
     except AccessLogFormatError as exc:
-        raise ConfigError(f"access_log_format: {exc}") from None
+        raise ConfigError(f"--access-log-format: {exc}") from None
     tls = config.tls
     parse_tls_version(tls.version)
     if tls.cert_reqs not in (0, 1, 2) or isinstance(tls.cert_reqs, bool):
         raise ConfigError(
-            f"ssl_cert_reqs must be 0 (none), 1 (optional) or 2 (required), got {tls.cert_reqs!r}"
+            f"--ssl-cert-reqs must be 0 (none), 1 (optional) or 2 (required), got {tls.cert_reqs!r}"
         )
     if not tls.enabled:
         given = [
-            f"ssl_{name}"
+            f"--ssl-{name.replace('_', '-')}"
             for name in ("keyfile", "keyfile_password", "ca_certs", "ciphers")
             if getattr(tls, name) is not None
         ]
         if tls.cert_reqs:
-            given.append("ssl_cert_reqs")
+            given.append("--ssl-cert-reqs")
         if given:
-            raise ConfigError(f"{', '.join(given)} given without ssl_certfile: TLS is off")
+            raise ConfigError(f"{', '.join(given)} given without --ssl-certfile: TLS is off")
     elif tls.cert_reqs and tls.ca_certs is None:
         raise ConfigError(
-            "ssl_cert_reqs asks for client certificates: ssl_ca_certs must name the CA "
+            "--ssl-cert-reqs asks for client certificates: --ssl-ca-certs must name the CA "
             "certificates to verify them against"
         )

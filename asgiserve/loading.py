@@ -11,12 +11,15 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asgiserve.config import TLS, Config, parse_tls_version
+
+logger = logging.getLogger("asgiserve.error")
 
 if TYPE_CHECKING:
     import ssl
@@ -41,7 +44,7 @@ __all__ = [
     "wrap_app",
 ]
 
-INSTALL_HINT = "install it with: pip install 'asgiserve[standard]'"
+INSTALL_HINT = "install the standard extra (from a clone: pip install -e '.[standard]')"
 
 
 class LoadError(Exception):
@@ -68,8 +71,13 @@ def import_from_string(import_str: str) -> Any:
 
 
 def load_app(config: Config) -> ASGIApp:
-    """Import (or take) the app, call it if it is a factory, and adapt ASGI 2 to ASGI 3;
-    with ``static``/``mounts``, serve folders instead of it or in front of it."""
+    """Import (or take) the app, call it if it is a factory, and adapt ASGI 2 (or WSGI, with
+    ``interface="wsgi"``) to ASGI 3; with ``static``/``mounts``, serve folders instead of it or
+    in front of it.
+
+    An app the server could not call with ``(scope, receive, send)`` is a :class:`LoadError`
+    here, at startup, rather than a 500 on every request.
+    """
     if config.static is not None or config.mounts:
         return _load_static(config)
     app: Any = config.app
@@ -78,16 +86,84 @@ def load_app(config: Config) -> ASGIApp:
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
         app = import_from_string(app)
-    if config.factory:
-        if not callable(app):
-            raise LoadError("The app factory is not callable.")
+    name = config.app if isinstance(config.app, str) else getattr(app, "__name__", repr(app))
+    if not callable(app):
+        raise LoadError(f"The app {name!r} is not callable (got {type(app).__name__}).")
+    factory = config.factory
+    if not factory and config.interface != "wsgi" and _takes_no_arguments(app):
+        # As uvicorn does: a callable that takes no arguments cannot be an app, so it must be
+        # a factory (``create_app``).
+        logger.warning(
+            "%s takes no arguments: calling it as an app factory (--factory says so and "
+            "silences this warning).",
+            name,
+        )
+        factory = True
+    if factory:
         try:
             app = app()
         except TypeError as exc:
-            raise LoadError(f"Error calling the app factory: {exc}") from exc
-    if not callable(app):
-        raise LoadError(f"The app {config.app!r} is not callable (got {type(app).__name__}).")
-    return app if is_asgi3(app) else _ASGI2Adapter(app)
+            raise LoadError(f"Error calling the app factory {name!r}: {exc}") from exc
+        if not callable(app):
+            raise LoadError(
+                f"The app factory {name!r} returned {type(app).__name__}, not an ASGI app."
+            )
+    return _adapt(app, name, config.interface)
+
+
+def _adapt(app: Any, name: str, interface: str) -> ASGIApp:
+    """The app behind the ASGI 3 interface, or a LoadError saying why it cannot be."""
+    if interface == "wsgi":
+        try:
+            from a2wsgi import WSGIMiddleware
+        except ImportError:
+            raise LoadError(
+                "--interface wsgi serves WSGI apps through a2wsgi, which is not installed; "
+                "install the wsgi extra (from a clone: pip install -e '.[wsgi]')"
+            ) from None
+        if not _accepts(app, 2):
+            raise LoadError(f"The app {name!r} cannot be called as WSGI (environ, start_response).")
+        return cast("ASGIApp", WSGIMiddleware(app))
+    asgi3 = interface == "asgi3" or (interface == "auto" and is_asgi3(app))
+    arity = 3 if asgi3 else 1
+    if not _accepts(app, arity):
+        wsgi_like = _accepts(app, 2) and not inspect.iscoroutinefunction(app)
+        hint = " (a WSGI app? use --interface wsgi)" if wsgi_like else ""
+        raise LoadError(
+            f"The app {name!r} cannot be called with "
+            f"{'(scope, receive, send)' if asgi3 else '(scope) (ASGI 2)'}: "
+            f"it takes {_describe_signature(app)}{hint}."
+        )
+    return app if asgi3 else _ASGI2Adapter(app)
+
+
+def _signature(app: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(app)
+    except (TypeError, ValueError):
+        return None  # a builtin or extension type: nothing to check
+
+
+def _accepts(app: Any, count: int) -> bool:
+    """Whether ``app`` can be called with ``count`` positional arguments (True when its
+    signature cannot be read)."""
+    signature = _signature(app)
+    if signature is None:
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
+def _takes_no_arguments(app: Any) -> bool:
+    return _signature(app) is not None and _accepts(app, 0) and not _accepts(app, 1)
+
+
+def _describe_signature(app: Any) -> str:
+    signature = _signature(app)
+    return f"{signature}" if signature is not None else "other arguments"
 
 
 def _load_static(config: Config) -> ASGIApp:
@@ -261,11 +337,17 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
 
 
 def wrap_app(app: ASGIApp, config: Config) -> ASGIApp:
-    """The server's own middleware around the loaded app (in every worker): proxy headers."""
+    """The server's own middleware around the loaded app (in every worker): proxy headers,
+    and the ASGI message log at ``--log-level trace``."""
     if config.proxy_headers:
         from asgiserve.middleware.proxy_headers import ProxyHeadersMiddleware, TrustedPeers
 
         app = ProxyHeadersMiddleware(app, TrustedPeers(config.forwarded_allow_ips))
+    if config.log_level == "trace":
+        # Outermost, so the log shows the messages as the server sends and receives them.
+        from asgiserve.middleware.message_log import MessageLogMiddleware
+
+        app = MessageLogMiddleware(app)
     return app
 
 

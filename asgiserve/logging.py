@@ -1,9 +1,11 @@
 """Log setup and the access log.
 
-Two loggers: ``asgiserve.error`` (server events and app tracebacks) and ``asgiserve.access``
-(one line per response). Both write to stderr, as text with a level prefix (coloured only on a
-TTY) or as JSON lines (``--log-format json``); ``--log-config`` then applies the user's own
-logging configuration on top.
+Three loggers: ``asgiserve.error`` (server events and app tracebacks; connections opened and
+closed at trace level), ``asgiserve.access`` (one line per response) and ``asgiserve.asgi``
+(ASGI messages, at trace level only). They write to stderr, as text with a level prefix
+(coloured on a TTY, or as ``--use-colors`` says) or as JSON lines (``--log-format json``);
+``--log-config`` applies the user's own logging configuration instead (our loggers then
+propagate to the user's handlers).
 
 The access log line
 -------------------
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Scope
+    from asgiserve.config import Config
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -44,8 +47,10 @@ __all__ = [
     "LogConfigError",
     "compile_access_format",
     "configure_logging",
+    "configure_logging_for",
     "escape",
     "load_log_config",
+    "logging_configured",
     "make_access_log",
 ]
 
@@ -250,30 +255,73 @@ def load_log_config(path: str) -> None:
         raise LogConfigError(f"--log-config {path}: {exc}") from exc
 
 
+#: The server's loggers: events and tracebacks, one line per response, ASGI messages (trace).
+LOGGERS = ("asgiserve.error", "asgiserve.access", "asgiserve.asgi")
+_configured: list[bool] = [False]
+
+
 def configure_logging(
     level: str,
     *,
     access_log: bool,
     log_format: str = "text",
     log_config: str | None = None,
+    use_colors: bool | None = None,
 ) -> None:
+    """Set up the server's loggers at ``level``: our stderr handler, or, with ``log_config``,
+    the user's logging configuration instead of ours (as uvicorn does).
+
+    With ``log_config`` our loggers get no handler of ours and propagate, so a configuration
+    that only sets up the root logger receives every line, the access log included; one that
+    names our loggers sets their handlers, levels and ``propagate`` itself.
+    """
     numeric = _LEVELS[level]
-    handler = _StreamHandler(sys.stderr)
-    formatter: logging.Formatter
-    if log_format == "json":
-        formatter = JSONFormatter()
-    else:
-        formatter = _LevelFormatter(colour=sys.stderr.isatty())
-    handler.setFormatter(formatter)
-    for name in ("asgiserve.error", "asgiserve.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    for logger in loggers:
         logger.setLevel(numeric)
-        logger.propagate = False
+    if log_config is None:
+        handler = _StreamHandler(sys.stderr)
+        formatter: logging.Formatter
+        if log_format == "json":
+            formatter = JSONFormatter()
+        else:
+            colour = sys.stderr.isatty() if use_colors is None else use_colors
+            formatter = _LevelFormatter(colour=colour)
+        handler.setFormatter(formatter)
+        for logger in loggers:
+            logger.handlers[:] = [handler]
+            logger.propagate = False
+    else:
+        for logger in loggers:
+            logger.handlers[:] = []
+            logger.propagate = True
+        load_log_config(log_config)
     if not access_log:
         logging.getLogger("asgiserve.access").setLevel(logging.CRITICAL + 1)
-    if log_config is not None:
-        load_log_config(log_config)
+    _configured[0] = True
+
+
+def configure_logging_for(config: Config) -> None:
+    """:func:`configure_logging` with ``config``'s logging options."""
+    configure_logging(
+        config.log_level,
+        access_log=config.access_log,
+        log_format=config.log_format,
+        log_config=config.log_config,
+        use_colors=config.use_colors,
+    )
+
+
+def logging_configured() -> bool:
+    """True once :func:`configure_logging` ran in this process, or when the program set up
+    logging itself (a handler on the root logger or on one of ours, or a level on ours):
+    an embedded server then leaves logging alone."""
+    if _configured[0] or logging.getLogger().handlers:
+        return True
+    return any(
+        logger.handlers or logger.level != logging.NOTSET or not logger.propagate
+        for logger in map(logging.getLogger, ("asgiserve", *LOGGERS))
+    )
 
 
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}

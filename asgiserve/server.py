@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import os
 import random
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,7 @@ from asgiserve.loading import (
     resolve_ws,
     wrap_app,
 )
-from asgiserve.logging import make_access_log
+from asgiserve.logging import TRACE, configure_logging_for, logging_configured, make_access_log
 from asgiserve.transport.binding import (
     BindError,
     bind_listeners,
@@ -45,7 +49,7 @@ from asgiserve.transport.state import ServerState
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from asgiserve.asgi.types import ASGIApp
     from asgiserve.transport.binding import Listener
@@ -114,6 +118,7 @@ class Server:
         """Run until told to exit; raise :class:`StartupFailure` if startup fails."""
         if self.should_exit is None:
             self.should_exit = asyncio.Event()
+        setup_logging(self.config)
         ignore_throw_warning()
         self._install_signal_handlers()
         try:
@@ -157,7 +162,9 @@ class Server:
             raise StartupFailure(str(exc)) from exc
 
         lifespan_state: dict[str, Any] = {}
-        lifespan = Lifespan(app, config.lifespan, lifespan_state)
+        # With --static there is no app of the user's to wait for: the folder app's lifespan
+        # (which closes the files it keeps open) runs without the "Waiting for ..." lines.
+        lifespan = Lifespan(app, config.lifespan, lifespan_state, announce=config.static is None)
         try:
             try:
                 await lifespan.startup()
@@ -173,7 +180,7 @@ class Server:
                     self._servers.append(self._listen_proxy_protocol(loop, sock, ssl_context))
                     continue
                 server = await loop.create_server(
-                    lambda: HTTP11Connection(state),
+                    self._protocol_factory(),
                     sock=sock,
                     backlog=config.backlog,
                     # asyncio and uvloop both drop a client that connects and never completes
@@ -212,7 +219,8 @@ class Server:
         listener = ProxyProtocolListener(
             loop,
             sock,
-            lambda: HTTP11Connection(state),
+            # Not traced: the listener sets the PROXY addresses on the connection itself.
+            self._connection_factory(),
             mode=config.proxy_protocol,
             timeout=config.timeouts.proxy_protocol,
             ssl=ssl_context,
@@ -221,6 +229,23 @@ class Server:
         )
         listener.start()
         return listener
+
+    def _connection_factory(self) -> Callable[[], HTTP11Connection]:
+        """What makes each connection's protocol: an HTTP/1.1 connection (which switches to
+        WebSocket or HTTP/2 itself); with ``reset_contextvars``, made in an empty context,
+        which its requests then copy."""
+        state = self.state
+        assert state is not None
+        if self.config.reset_contextvars:
+            return functools.partial(_in_empty_context, state)
+        return functools.partial(HTTP11Connection, state)
+
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """:meth:`_connection_factory`; at trace level, wrapped to log opening and closing."""
+        factory = self._connection_factory()
+        if logger.isEnabledFor(TRACE):
+            return functools.partial(TracedProtocol, factory)
+        return factory
 
     def _listeners(self) -> list[Listener]:
         config = self.config
@@ -257,24 +282,31 @@ class Server:
         if config.static is not None or config.mounts:
             # Folders the server serves itself (loading.py built their apps): plain GETs of
             # files already served are answered without the app (transport/connection.py).
+            # Never an attribute of the user's app: served_files knows our own classes only.
+            from asgiserve.apps.mounts import served_files
             from asgiserve.middleware.proxy_headers import ProxyHeadersMiddleware
 
             inner = app
             if isinstance(inner, ProxyHeadersMiddleware):
                 rewrite_scope, inner = inner.rewrite, inner.app
-            files = getattr(inner, "borrow_remembered", None)
+            files = served_files(inner)
         return ServerState(
             app=app,
             loop=loop,
             parser_factory=factory,
             keep_alive_timeout=config.timeouts.keep_alive,
             head_timeout=config.timeouts.request_head,
+            body_timeout=config.timeouts.request_body,
+            write_timeout=config.timeouts.response_write,
             root_path=config.root_path,
             lifespan_state=lifespan_state,
             access_log=(
-                make_access_log(loop.time, config.access_log_format) if config.access_log else None
+                make_access_log(time.perf_counter, config.access_log_format)
+                if config.access_log
+                else None
             ),
             limit_request_body=config.limits.request_body,
+            limit_discard_body=config.limits.discard_body,
             limit_concurrency=config.limits.concurrency,
             limit_max_requests=self._max_requests,
             on_max_requests=self._on_max_requests,
@@ -303,6 +335,14 @@ class Server:
         ws = resolve_ws(self.config.ws)
         if http2_available(self.config.http2):
             http += "+h2"
+        elif self.config.http2 and not _h2_notice_logged:
+            # Once per process: HTTP/2 is on by default, but the h2 package is an extra. An h2c
+            # request then gets a 505 from the HTTP/1.1 parser.
+            _h2_notice_logged.append(True)
+            logger.info(
+                "HTTP/2 is off: it needs the h2 package (install the http2 extra; from a clone: "
+                "pip install -e '.[http2]'). --no-http2 silences this line."
+            )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Hot path: %s", build_description())
         if self._on_started is not None:
@@ -431,6 +471,71 @@ class Server:
             return
         logger.info("Received %s: shutting down gracefully.", signal.Signals(sig).name)
         self.exit()
+
+
+_h2_notice_logged: list[bool] = []
+
+
+def setup_logging(config: Config) -> None:
+    """Set up logging from ``config`` unless this process already has (the CLI, ``run()``, a
+    worker), or the program that embeds the server configured logging itself, which is then
+    left exactly as it is."""
+    if not logging_configured():
+        configure_logging_for(config)
+
+
+def _in_empty_context(state: ServerState) -> HTTP11Connection:
+    return contextvars.Context().run(HTTP11Connection, state)
+
+
+class TracedProtocol(asyncio.Protocol):
+    """At ``--log-level trace``: logs a connection's opening and closing around the protocol
+    that serves it, and its switch to another protocol (WebSocket, HTTP/2)."""
+
+    def __init__(self, make: Callable[[], asyncio.Protocol]) -> None:
+        self.inner = make()
+        self.peer = "-"
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "-")
+        logger.log(TRACE, "%s - connection made", self.peer)
+        self.inner.connection_made(transport)
+        self._log_switch()  # ALPN h2 switches at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        logger.log(TRACE, "%s - connection lost%s", self.peer, f" ({exc})" if exc else "")
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+        self._log_switch()
+
+    def _log_switch(self) -> None:
+        """After the protocol handed the transport to another one, wrap that one instead, so
+        that its connection's closing is logged too."""
+        transport = self.transport
+        if transport is None:
+            return
+        current = transport.get_protocol()
+        if current is not self:
+            logger.log(TRACE, "%s - connection switched to %s", self.peer, type(current).__name__)
+            if isinstance(current, asyncio.Protocol):
+                self.inner = current
+                transport.set_protocol(self)
+            else:
+                self.transport = None  # not ours to wrap: its closing goes unlogged
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 def _has_running_loop() -> bool:

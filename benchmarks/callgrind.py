@@ -14,10 +14,15 @@ interpreter start-up, imports and warm-up exactly.
     python benchmarks/callgrind.py --max 150000          # exit 1 above this (CI guard)
     python benchmarks/callgrind.py --no-valgrind         # run the driver only (smoke test)
     python benchmarks/callgrind.py --test static         # --static's own answer, 50 KiB file
+    python benchmarks/callgrind.py --test static --headers browser      # what a browser sends
+    python benchmarks/callgrind.py --test static --headers browser-304  # its revalidation
 
 ``--test static`` drives the connection over a real loopback TCP socket (sendfile needs one),
 with the server's own answer to a remembered file (``--static``); the kernel's share of the
-sends is not counted, only the user-space instructions around them.
+sends is not counted, only the user-space instructions around them. ``--headers`` picks the
+request: Host only (``none``, wrk's default), a browser's headers (``browser``, those of
+``static.py``), or the browser's revalidation with the ETag and Last-Modified of a first
+response (``browser-304``: a 304, which the app answers).
 
 This touches asgiserve internals (ServerState, HTTP11Connection, the parser factory); they are
 not a stable API, so when they change, only ``make_connection`` below needs to follow.
@@ -128,11 +133,31 @@ class SocketTransport(FakeTransport):
 
 STATIC_FILE = "file50k.bin"
 STATIC_SIZE = 50 * 1024
-STATIC_REQUEST = b"GET /file50k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+STATIC_HOST = "127.0.0.1:8000"
+#: ``--headers`` of ``--test static``: what the measured requests carry besides Host.
+STATIC_HEADERS = ("none", "browser", "browser-304")
 
 
-async def drive_static(requests: int, http: str) -> dict[str, Any]:
-    """``--static``: each request answered by the connection itself from a kept descriptor."""
+def static_request(headers: str, validators: list[tuple[str, str]]) -> bytes:
+    """The GET of ``--test static``: Host only (wrk's default request), a browser's request
+    (``static.py``'s headers, the benchmark's headline), or the browser's revalidation (its
+    headers plus the ``validators`` of a first response, as Chromium adds them)."""
+    sys.path.insert(0, str(HERE))
+    from static import browser_headers, request_bytes
+
+    path = f"/{STATIC_FILE}"
+    if headers == "none":
+        return request_bytes(path, STATIC_HOST, [])
+    browser = browser_headers(f"http://{STATIC_HOST}/")
+    return request_bytes(
+        path, STATIC_HOST, browser + validators if headers != "browser" else browser
+    )
+
+
+async def drive_static(requests: int, http: str, headers: str) -> dict[str, Any]:
+    """``--static``: each request answered by the connection itself from a kept descriptor
+    (a 304 of ``browser-304`` by the app: conditional requests are not remembered)."""
+    from asgiserve.apps.mounts import served_files
     from asgiserve.apps.static import StaticFiles
 
     loop = asyncio.get_running_loop()
@@ -141,7 +166,7 @@ async def drive_static(requests: int, http: str) -> dict[str, Any]:
         f.write(os.urandom(STATIC_SIZE))
     app = StaticFiles(folder)
     conn = make_connection(app, http, loop)
-    conn.state.files = app.borrow_remembered
+    conn.state.files = served_files(app)  # what the server sets for --static
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         server_sock, _ = listener.accept()
@@ -152,31 +177,49 @@ async def drive_static(requests: int, http: str) -> dict[str, Any]:
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
     response_size = 0
-    bytes_out = 0
 
-    async def one() -> int:
+    async def one(request: bytes) -> int:
         # Each request in a turn of the loop of its own, as the server reads them: what the
         # connection leaves for the end of the turn (the answer batch) runs before the next.
         await asyncio.sleep(0)
-        conn.data_received(STATIC_REQUEST)
+        conn.data_received(request)
         got = 0
         while True:
             try:
-                got += client.recv_into(view[got:])
+                received = client.recv_into(view[got:])
             except BlockingIOError:
                 if response_size and got >= response_size:
                     return got
                 head_end = bytes(view[: min(got, 4096)]).find(b"\r\n\r\n")
-                if response_size == 0 and head_end >= 0 and got >= head_end + 4 + STATIC_SIZE:
+                body = 0 if view[9:12] == b"304" else STATIC_SIZE
+                if response_size == 0 and head_end >= 0 and got >= head_end + 4 + body:
                     return got
                 await asyncio.sleep(0)
+                continue
+            if not received:
+                raise RuntimeError("the server closed the connection")
+            got += received
 
-    response_size = await one()  # through the app: the file is remembered
+    # Through the app: the file is remembered, and its validators are known.
+    first = static_request("browser" if headers == "browser-304" else headers, [])
+    head = bytes(view[: await one(first)]).split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:])
+    validators = [
+        (name, fields[key])
+        for key, name in (("etag", "If-None-Match"), ("last-modified", "If-Modified-Since"))
+        if key in fields
+    ]
+    request = static_request(headers, validators)
+    response_size = await one(request)
+    bytes_out = response_size
+    expected = b"HTTP/1.1 304 " if headers == "browser-304" else b"HTTP/1.1 200 "
+    if bytes(view[: len(expected)]) != expected:
+        raise RuntimeError(f"unexpected answer: {bytes(view[:40])!r}")
     for _ in range(WARMUP):
-        bytes_out += await one()
+        bytes_out += await one(request)
     responses = 0
     for _ in range(requests):
-        bytes_out += await one()
+        bytes_out += await one(request)
         responses += 1
     conn.connection_lost(None)
     for sock in (client, server_sock):
@@ -233,14 +276,19 @@ SERVER = {"asgiserve": make_connection, "uvicorn": make_uvicorn_connection}
 
 
 async def drive(
-    requests: int, http: str, test: str, pipeline: int, server: str = "asgiserve"
+    requests: int,
+    http: str,
+    test: str,
+    pipeline: int,
+    server: str = "asgiserve",
+    headers: str = "none",
 ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from benchmarks import apps
 
     loop = asyncio.get_running_loop()
     if test == "static":
-        return await drive_static(requests, http)
+        return await drive_static(requests, http, headers)
     if test in WS_SIZES:
         # Websocket echo: upgrade once, then each "request" is one masked text frame whose
         # echo (unmasked) carries the payload verbatim.
@@ -297,9 +345,13 @@ def child(args: argparse.Namespace) -> int:
     if args.loop == "uvloop":
         import uvloop
 
-        result = uvloop.run(drive(args.child, args.http, args.test, args.pipeline, args.server))
+        result = uvloop.run(
+            drive(args.child, args.http, args.test, args.pipeline, args.server, args.headers)
+        )
     else:
-        result = asyncio.run(drive(args.child, args.http, args.test, args.pipeline, args.server))
+        result = asyncio.run(
+            drive(args.child, args.http, args.test, args.pipeline, args.server, args.headers)
+        )
     print(json.dumps(result))
     return 0
 
@@ -348,6 +400,8 @@ def _child_argv(args: argparse.Namespace, n: int) -> list[str]:
         args.loop,
         "--server",
         args.server,
+        "--headers",
+        args.headers,
     ]
 
 
@@ -397,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--test", default="hello", choices=["hello", "json", "echo", "static", *WS_SIZES]
     )
+    p.add_argument(
+        "--headers",
+        default="none",
+        choices=STATIC_HEADERS,
+        help="--test static: the request's headers besides Host: none (wrk's default), browser "
+        "(a browser's GET, static.py's headline), browser-304 (its revalidation: 304 by the app)",
+    )
     p.add_argument("--pipeline", type=int, default=1, help="requests per data_received call")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     p.add_argument(
@@ -416,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child is not None:
         return child(args)
+    if args.headers != "none" and args.test != "static":
+        p.error("--headers is for --test static")
 
     try:
         import asgiserve.loading  # noqa: F401
@@ -461,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "http": args.http,
         "test": args.test,
+        "headers": args.headers,
         "pipeline": args.pipeline,
         "loop": args.loop,
         "python": subprocess.run(
@@ -480,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{result['instructions_per_request']:,} instructions/request "
-            f"({args.test}, {args.http}, pipeline {args.pipeline}, {args.loop}, "
+            f"({args.test}{'' if args.headers == 'none' else ', ' + args.headers + ' headers'}, "
+            f"{args.http}, pipeline {args.pipeline}, {args.loop}, "
             f"Python {result['python']}; {large - small} requests)"
         )
     if args.max is not None and per_request > args.max:

@@ -1,16 +1,33 @@
 #!/usr/bin/env python
-"""Static files: ``asgiserve --static`` against ``python -m http.server`` and Starlette's
-``StaticFiles`` on uvicorn (uvloop + httptools), in the same run.
+"""Static files: ``asgiserve --static`` against ``python -m http.server``, Starlette's
+``StaticFiles`` on uvicorn (uvloop + httptools) and granian's static route, in the same run.
 
-    python benchmarks/static.py           # full run (~6 min): the "Static files" section of RESULTS.md
-    python benchmarks/static.py --quick   # smoke run (~20 s), report under benchmarks/results/
+    python benchmarks/static.py           # full run (~15 min): the "Static files" section of RESULTS.md
+    python benchmarks/static.py --quick   # smoke run (~1 min), report under benchmarks/results/
 
 Same conventions as ``run.py`` (whose process, CPU and wrk helpers it uses): each server on
 127.0.0.1 pinned to CPU 0 (``taskset -c 0``), wrk and this script on CPU 1; for each test all
-servers are started and checked (the exact file bytes must come back), each gets a warm-up run,
-then ``--repeats`` rounds go round-robin over the servers (the start rotating) and the median is
-kept. The files are random bytes (incompressible) in a temporary folder: ``file50k.bin``
-(51,200 bytes) and ``file20m.bin`` (20 MiB). MiB/s is the file bytes served (req/s x size).
+servers are started and checked, each gets a warm-up run, then ``--repeats`` rounds go
+round-robin over the servers (the start rotating) and the median is kept. The files are random
+bytes (incompressible) in a temporary folder: ``file50k.bin`` (51,200 bytes) and
+``file20m.bin`` (20 MiB). MiB/s is the file bytes served (req/s x size).
+
+The tests of the 50 KiB file differ by the request headers (see ``TESTS``):
+
+* ``static50k-browser``, the headline: what Chromium sends when one follows a link to the file
+  (``BROWSER_HEADERS``: Accept, ``Accept-Encoding: gzip, deflate, br, zstd``, Accept-Language,
+  User-Agent, Cookie, Sec-Fetch-*, Sec-CH-UA-*, Referer), sent by wrk through
+  ``lua/headers.lua``;
+* ``static50k``: none but Host (wrk's default request);
+* ``static50k-304``: the browser's revalidation: the same headers plus ``If-None-Match`` with the
+  ETag (and ``If-Modified-Since`` with the Last-Modified) of a first response of each server,
+  as Chromium sends them; the answer must be 304. A server that gives neither validator cannot
+  be revalidated and is listed as such;
+* ``hello``: asgiserve running the hello app of ``apps.py``, the rate the 304 is compared with.
+
+Before it is measured, every server must answer its test right: the exact file bytes with 200
+(for the browser headers in the identity coding: the file is random bytes, so no
+``Content-Encoding`` but ``identity``), or 304 with no body.
 
 Only ratios within one run mean anything: the machine is shared.
 """
@@ -33,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,32 +58,115 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+import apps as bench_apps  # noqa: E402
 import run as harness  # noqa: E402
 
 HOST = harness.HOST
 SECTION = "## Static files (`benchmarks/static.py`)"
 #: The name of our section of the report (see run.py's write_section).
 SECTION_NAME = "static.py"
+#: The wrk script that adds request headers, one "Name: value" argument each.
+HEADERS_LUA = HERE / "lua" / "headers.lua"
+
+Header = tuple[str, str]
+
+#: What Chromium (131, Linux) sends when one follows a link to a file from a page of the same
+#: site, e.g. a folder listing: a navigation. The Cookie is what a site with analytics and a
+#: session sets. The Referer (the page the link was on) is added per server by
+#: ``browser_headers``, after Sec-Fetch-Dest as Chromium orders it.
+BROWSER_HEADERS: tuple[Header, ...] = (
+    ("Connection", "keep-alive"),
+    ("sec-ch-ua", '"Chromium";v="131", "Not_A Brand";v="24"'),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", '"Linux"'),
+    ("Upgrade-Insecure-Requests", "1"),
+    (
+        "User-Agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+    ),
+    (
+        "Accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+        "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    ),
+    ("Sec-Fetch-Site", "same-origin"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-User", "?1"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Accept-Language", "en-US,en;q=0.9"),
+    (
+        "Cookie",
+        "_ga=GA1.1.1234567890.1733300000; _ga_Q4Z7X2R1B9=GS1.1.1733300000.1.1.1733300100.0.0.0; "
+        "session=4f1d2c3b5a69788796a5b4c3d2e1f0a1; theme=dark",
+    ),
+)
+
+
+def browser_headers(referer: str) -> list[Header]:
+    """``BROWSER_HEADERS`` with ``Referer`` in Chromium's place (after Sec-Fetch-Dest)."""
+    out = list(BROWSER_HEADERS)
+    at = next(i for i, (name, _) in enumerate(out) if name == "Sec-Fetch-Dest") + 1
+    out.insert(at, ("Referer", referer))
+    return out
+
+
+def request_bytes(path: str, host: str, headers: Sequence[Header]) -> bytes:
+    """A GET of ``path`` with ``Host`` first and ``headers`` in their order."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", *(f"{n}: {v}" for n, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 @dataclass(frozen=True)
 class StaticTest:
     name: str
-    file: str
-    size: int
+    file: str  # under the server's prefix ("" for the hello app)
+    size: int  # of the file (of the body for hello)
     connections: int
     description: str
+    #: The request headers: "none" (Host only, wrk's default) or "browser" (BROWSER_HEADERS).
+    headers: str = "none"
+    #: Conditional GET with the validators of a first response: 304 expected.
+    revalidate: bool = False
+    #: asgiserve's hello app instead of the folder (the rate the 304 is compared with).
+    hello: bool = False
+    #: Row label in the report.
+    label: str = ""
 
 
+FILE50K, SIZE50K = "file50k.bin", 50 * 1024
 TESTS = {
     t.name: t
     for t in (
-        StaticTest("static50k", "file50k.bin", 50 * 1024, 64, "GET a 50 KiB file, 64 connections"),
+        StaticTest(
+            "static50k-browser", FILE50K, SIZE50K, 64,
+            "GET a 50 KiB file with a browser's request headers, 64 connections",
+            headers="browser", label="what a browser sends",
+        ),
+        StaticTest(
+            "static50k", FILE50K, SIZE50K, 64,
+            "GET a 50 KiB file, no headers but Host (wrk's default), 64 connections",
+            label="none (wrk's default)",
+        ),
+        StaticTest(
+            "static50k-304", FILE50K, SIZE50K, 64,
+            "revalidate the 50 KiB file: browser headers + If-None-Match/If-Modified-Since, 304",
+            headers="browser", revalidate=True,
+            label="304: browser headers + `If-None-Match` (revalidation)",
+        ),
+        StaticTest(
+            "hello", "", len(bench_apps.HELLO_BODY), 64,
+            "asgiserve with benchmarks/apps.py's hello app (no headers but Host), 64 connections",
+            hello=True, label="hello world (`apps.py` hello app, same build)",
+        ),
         StaticTest(
             "static20m", "file20m.bin", 20 * 1024 * 1024, 8, "GET a 20 MiB file, 8 connections"
         ),
     )
-}
+}  # fmt: skip
+#: The tests of the 50 KiB file, in the order of the report's rows.
+TABLE_TESTS = ("static50k-browser", "static50k", "static50k-304", "hello")
 
 
 @dataclass(frozen=True)
@@ -77,13 +177,28 @@ class StaticServer:
     note: str
     #: Run from the mypyc-compiled copy of asgiserve (run.py's compiled_tree).
     compiled: bool = False
+    #: Where the folder appears in the URL space.
+    prefix: str = "/"
+    #: (python, port) -> argv of the same server running apps.py's hello app; None: not asgiserve.
+    hello_command: Callable[[str, int], list[str]] | None = None
+
+
+_ASGISERVE_OPTIONS = [
+    "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+]  # fmt: skip
 
 
 def _asgiserve(py: str, folder: str, port: int) -> list[str]:
-    return [
-        py, "-m", "asgiserve", "--static", folder, "--host", HOST, "--port", str(port),
-        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
-    ]  # fmt: skip
+    return [py, "-m", "asgiserve", "--static", folder, *_address(port), *_ASGISERVE_OPTIONS]
+
+
+def _asgiserve_hello(py: str, port: int) -> list[str]:
+    # As run.py runs asgiserve for its hello test.
+    return [py, "-m", "asgiserve", "benchmarks.apps:hello", *_address(port), *_ASGISERVE_OPTIONS]
+
+
+def _address(port: int) -> list[str]:
+    return ["--host", HOST, "--port", str(port)]
 
 
 def _http_server(py: str, folder: str, port: int) -> list[str]:
@@ -101,6 +216,18 @@ def _uvicorn(app: str) -> Callable[[str, str, int], list[str]]:
     return build
 
 
+def _granian(py: str, folder: str, port: int) -> list[str]:
+    # As run.py runs granian (1 worker, 1 runtime thread, HTTP/1), with the folder on its
+    # static route: Rust serves /static/* without calling the (hello) app.
+    return [
+        py, "-m", "granian", "--interface", "asgi", "--host", HOST, "--port", str(port),
+        "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop", "--http", "1",
+        "--no-access-log", "--log-level", "warning",
+        "--static-path-route", "/static", "--static-path-mount", folder,
+        "benchmarks.apps:hello",
+    ]  # fmt: skip
+
+
 SERVERS = {
     s.name: s
     for s in (
@@ -109,14 +236,16 @@ SERVERS = {
             _asgiserve,
             ["asgiserve", "uvloop", "httptools"],
             "`asgiserve --static DIR`, uvloop + httptools (zerocopysend: sendfile(2))",
+            hello_command=_asgiserve_hello,
         ),
         StaticServer(
             "asgiserve-compiled",
             _asgiserve,
             ["asgiserve", "uvloop", "httptools"],
             "`asgiserve --static DIR` as above, hot modules compiled with mypyc "
-            "(ASGISERVE_COMPILE=1)",
+            "(ASGISERVE_COMPILE=1, built as run.py builds it)",
             compiled=True,
+            hello_command=_asgiserve_hello,
         ),
         StaticServer(
             "http.server",
@@ -131,6 +260,14 @@ SERVERS = {
             "Starlette's `StaticFiles` on uvicorn, uvloop + httptools",
         ),
         StaticServer(
+            "granian",
+            _granian,
+            ["granian"],
+            "granian's static route (`--static-path-route /static --static-path-mount DIR`: "
+            "served in Rust, the app is not called), 1 worker, 1 runtime thread, HTTP/1",
+            prefix="/static/",
+        ),
+        StaticServer(
             "uvicorn+asgiserve-app",
             _uvicorn("asgiserve_app"),
             ["uvicorn", "asgiserve", "uvloop", "httptools"],
@@ -139,7 +276,11 @@ SERVERS = {
         ),
     )
 }
-BASELINES = ("http.server", "uvicorn+starlette")
+BASELINES = ("http.server", "granian")
+
+
+class Unfit(Exception):
+    """The server answered, and its answer rules it out of the test (no use waiting)."""
 
 
 class Running:
@@ -150,12 +291,30 @@ class Running:
         self.test = test
         self.port = harness.free_port()
         self.python = args.python
-        self.argv = spec.command(args.python, args.folder, self.port)
+        if test.hello:
+            assert spec.hello_command is not None
+            self.argv = spec.hello_command(args.python, self.port)
+        else:
+            self.argv = spec.command(args.python, args.folder, self.port)
         self.log_path = Path(args.logdir) / f"{test.name}-{spec.name}.log"
         self.proc: subprocess.Popen[Any] | None = None
         self.pids: list[int] = []
         self.error: str | None = None
         self.cpu = args.server_cpu
+        #: The validators a revalidation sends (request header names), found by the check.
+        self.validators: list[str] = []
+        #: The request headers of the test, after Host (the validators added by the check).
+        self.headers: list[Header] = []
+        if test.headers == "browser":
+            self.headers = browser_headers(f"http://{HOST}:{self.port}{spec.prefix}")
+
+    @property
+    def path(self) -> str:
+        return "/" if self.test.hello else self.spec.prefix + self.test.file
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.path}"
 
     def start(self, folder: str) -> None:
         env = dict(os.environ)
@@ -184,7 +343,11 @@ class Running:
             if self.proc.poll() is not None:
                 self.error = f"exited with {self.proc.returncode}"
                 return False
-            problem = check(self.port, self.test, digest)
+            try:
+                problem = check(self, digest)
+            except Unfit as exc:
+                self.error = str(exc)
+                return False
             if problem is None:
                 time.sleep(0.2)
                 self.pids = harness.proc_tree(self.proc.pid)
@@ -199,32 +362,82 @@ class Running:
             harness._kill_group(self.proc)
 
 
-def check(port: int, test: StaticTest, digest: str, timeout: float = 10.0) -> str | None:
-    """None when the server returns the file's exact bytes with 200."""
+def fetch(
+    port: int, path: str, headers: Sequence[Header], timeout: float = 10.0
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One GET on a fresh connection: (status, headers with lower-case names, body)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(request_bytes(path, f"{HOST}:{port}", headers))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise harness.HTTPCheckError("connection closed by server")
+            buf += chunk
+        if buf.split(None, 2)[1:2] == [b"304"]:
+            # No body, whatever Content-Length says (RFC 9110 section 15.4.5), which
+            # run.py's reader (for 200s) would wait for.
+            head = buf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+            parts = (line.partition(b":") for line in head)
+            return 304, {n.strip().lower(): v.strip() for n, _, v in parts}, b""
+        status, fields, body, _ = harness.read_response(sock, buf)
+        return status, fields, body
+
+
+def check(server: Running, digest: str) -> str | None:
+    """None when the server answers its test right: the file's exact bytes with 200 in the
+    identity coding (or the hello body), or, for a revalidation, 304 with no body to a
+    conditional request made with the validators of a first response (which it then keeps in
+    ``server.headers`` for wrk). Unfit when it answered, but can never pass."""
+    test = server.test
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.sendall(f"GET /{test.file} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-            status, _, body, _ = harness.read_response(sock)
+        status, fields, body = fetch(server.port, server.path, server.headers)
+        if test.hello:
+            return None if (status, body) == (200, bench_apps.HELLO_BODY) else f"status {status}"
+        if status != 200:
+            return f"status {status}"
+        coding = fields.get(b"content-encoding", b"identity").strip().lower()
+        if coding != b"identity":
+            raise Unfit(f"Content-Encoding {coding.decode(errors='replace')}, not the file")
+        size = len(body)
+        if size != test.size or hashlib.sha256(body).hexdigest() != digest:
+            return f"wrong body ({size} bytes)"
+        if not test.revalidate:
+            return None
+        # Chromium sends both validators it was given; If-None-Match takes precedence
+        # (RFC 9110 section 13.2.2).
+        validators = [
+            (name, fields[key].decode("latin-1"))
+            for key, name in ((b"etag", "If-None-Match"), (b"last-modified", "If-Modified-Since"))
+            if key in fields
+        ]
+        if not validators:
+            raise Unfit("no ETag and no Last-Modified: nothing to revalidate with")
+        conditional = [*server.headers, *validators]
+        status, _, body = fetch(server.port, server.path, conditional)
     except (OSError, harness.HTTPCheckError, ValueError) as exc:
         return repr(exc)
-    if status != 200:
-        return f"status {status}"
-    if len(body) != test.size or hashlib.sha256(body).hexdigest() != digest:
-        return f"wrong body ({len(body)} bytes)"
+    if status != 304 or body:
+        raise Unfit(f"revalidation with {', '.join(n for n, _ in validators)} gave {status}")
+    server.headers = conditional
+    server.validators = [name for name, _ in validators]
     return None
 
 
-def wrk_argv(args: argparse.Namespace, test: StaticTest, port: int, duration: int) -> list[str]:
-    return [
-        "taskset", "-c", str(args.load_cpu), args.wrk, "-t1", f"-c{test.connections}",
-        f"-d{duration}s", "--timeout", "10s", f"http://{HOST}:{port}/{test.file}",
+def wrk_argv(args: argparse.Namespace, server: Running, duration: int) -> list[str]:
+    argv = [
+        "taskset", "-c", str(args.load_cpu), args.wrk, "-t1", f"-c{server.test.connections}",
+        f"-d{duration}s", "--timeout", "10s",
     ]  # fmt: skip
+    if server.headers:
+        return [*argv, "-s", str(HEADERS_LUA), server.url, "--", *map(": ".join, server.headers)]
+    return [*argv, server.url]
 
 
 def run_load(
     args: argparse.Namespace, server: Running, duration: int, everyone: list[Running]
 ) -> dict[str, Any]:
-    argv = wrk_argv(args, server.test, server.port, duration)
+    argv = wrk_argv(args, server, duration)
     harness.wait_quiet(everyone)  # type: ignore[arg-type]  # needs only .pids
     quiet = harness.wait_quiet_machine(args, everyone) if args.quiet_wait > 0 else 0.0  # type: ignore[arg-type]
     pids = harness.proc_tree(server.proc.pid) if server.proc else server.pids
@@ -266,14 +479,17 @@ def run_load(
         output=out,
     )
     if res.get("rate") is not None:
-        res["mib_per_sec"] = res["rate"] * server.test.size / (1024 * 1024)
+        res["mib_per_sec"] = res["rate"] * body_bytes(server.test) / (1024 * 1024)
     return res
 
 
 def run_test(
     test: StaticTest, specs: list[StaticServer], args: argparse.Namespace, data: dict[str, Any]
 ) -> None:
-    digest = hashlib.sha256((Path(args.folder) / test.file).read_bytes()).hexdigest()
+    file = Path(args.folder) / test.file
+    digest = "" if test.hello else hashlib.sha256(file.read_bytes()).hexdigest()
+    if test.hello:  # only asgiserve's builds: the 304 of each is compared with its hello
+        specs = [spec for spec in specs if spec.hello_command is not None]
     servers = [Running(spec, test, args) for spec in specs]
     for server in servers:
         server.start(args.folder)
@@ -282,6 +498,8 @@ def run_test(
         for server in servers:
             if server.wait_ready(args.start_timeout, digest):
                 ready.append(server)
+                if server.validators:
+                    data["validators"][server.spec.name] = server.validators
             else:
                 print(f"  ! {server.spec.name}: {server.error}")
                 data["failures"].append(
@@ -322,6 +540,11 @@ def run_test(
             server.stop()
 
 
+def body_bytes(test: StaticTest) -> int:
+    """File bytes in each response (none in a 304, and hello is not a file)."""
+    return 0 if test.revalidate or test.hello else test.size
+
+
 def summarise(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for run in data["runs"]:
@@ -332,7 +555,7 @@ def summarise(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     for (_server, test), entry in out.items():
         rates = entry["rates"]
         entry["rate"] = statistics.median(rates) if rates else None
-        entry["mib"] = None if not rates else entry["rate"] * TESTS[test].size / (1024 * 1024)
+        entry["mib"] = None if not rates else entry["rate"] * body_bytes(TESTS[test]) / 1048576
         entry["spread"] = (max(rates) - min(rates)) / entry["rate"] if len(rates) > 1 else 0.0
         entry["server_cpu"] = statistics.median(r["server_cpu_pct"] for r in entry["runs"])
         entry["load_cpu"] = statistics.median(r["loadgen_cpu_pct"] for r in entry["runs"])
@@ -344,11 +567,47 @@ def summarise(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def _ratio(mine: float | None, theirs: float | None, bold: bool = True) -> str:
+    if not mine or not theirs:
+        return "-"
+    return f"**{mine / theirs:.2f}x**" if bold else f"{mine / theirs:.2f}x"
+
+
+def _goal(what: str, mine: float | None, theirs: float | None, goal: float) -> str | None:
+    if not mine or not theirs:
+        return None
+    ratio = mine / theirs
+    verdict = "met" if ratio >= goal else f"missed by {100 * (1 - ratio / goal):.0f}%"
+    return f"* {what}: **{ratio:.2f}x** (goal {goal:g}x: {verdict})"
+
+
 def render(data: dict[str, Any]) -> str:
     meta = data["meta"]
     summary = summarise(data)
-    servers = [s for s in meta["servers"] if any((s, t) in summary for t in meta["tests"])]
+    servers = meta["servers"]
     tests = meta["tests"]
+    failed = {(f["server"], f["test"]) for f in data["failures"]}
+
+    def rate(server: str, test: str) -> float | None:
+        entry = summary.get((server, test))
+        return None if entry is None else entry["rate"]
+
+    def cell(server: str, test: str) -> str:
+        entry = summary.get((server, test))
+        if entry is None or entry["rate"] is None:
+            return "n/a (below)" if (server, test) in failed else "-"
+        text = f"{entry['rate']:,.0f}"
+        text += (" (!)" if entry["errors"] else "") + (" (~)" if entry["disturbed"] else "")
+        if SERVERS[server].hello_command is None:
+            return text
+        if TESTS[test].revalidate:
+            return f"{text} ({_ratio(entry['rate'], rate(server, 'hello'))} hello)"
+        if TESTS[test].hello:
+            return text
+        return (
+            text + " (" + " / ".join(_ratio(entry["rate"], rate(b, test)) for b in BASELINES) + ")"
+        )
+
     lines = [
         SECTION,
         "",
@@ -356,49 +615,75 @@ def render(data: dict[str, Any]) -> str:
         f"({'quick run' if meta['quick'] else 'full run'}; raw data: `{meta['raw_json_rel']}`, "
         "git-ignored). Same method as above: server on CPU 0, wrk on CPU 1, "
         f"{meta['duration']} s runs after a {meta['warmup']} s warm-up, {meta['repeats']} "
-        "repeats interleaved, median kept. Random (incompressible) files; MiB/s is file bytes "
-        "served. Only the ratios within this run mean anything.",
-        "",
-        "| server | " + " | ".join(f"{t} req/s | {t} MiB/s" for t in tests) + " |",
-        "|---|" + "---:|---:|" * len(tests),
+        "repeats interleaved, median kept. Random (incompressible) files. Only the ratios "
+        "within this run mean anything.",
     ]
-    for server in servers:
-        cells = []
-        for test in tests:
-            entry = summary.get((server, test))
-            if entry is None or entry["rate"] is None:
-                cells += ["-", "-"]
-            else:
-                mark = (" (!)" if entry["errors"] else "") + (" (~)" if entry["disturbed"] else "")
-                cells += [f"{entry['rate']:,.0f}{mark}", f"{entry['mib']:,.0f}"]
-        lines.append(f"| `{server}` | " + " | ".join(cells) + " |")
-    ours = "asgiserve"
-    lines += ["", "Ratios of `asgiserve --static` (same run):", ""]
-    lines.append("| build | test | " + " | ".join(f"vs `{b}`" for b in BASELINES) + " |")
-    lines.append("|---|---|" + "---:|" * len(BASELINES))
-    for build in (ours, "asgiserve-compiled"):
-        for test in tests:
-            cells = []
-            mine = summary.get((build, test), {}).get("rate")
-            if mine is None:
-                continue
-            for base in BASELINES:
-                theirs = summary.get((base, test), {}).get("rate")
-                cells.append(f"**{mine / theirs:.1f}x**" if mine and theirs else "-")
-            lines.append(f"| `{build}` | {test} | " + " | ".join(cells) + " |")
-    ours_large = summary.get((ours, "static20m"))
-    if ours_large is not None and ours_large["load_cpu"] > 90:
+    rows = [t for t in TABLE_TESTS if t in tests]
+    if rows:
         lines += [
             "",
-            "On the 20 MiB file wrk itself is the limit (its core is busy): compare the "
-            "servers' CPU below, at about the same throughput.",
+            "Requests per second, 50 KiB file, 64 connections. In asgiserve's cells: "
+            f"(x `{BASELINES[0]}` / x `{BASELINES[1]}`) in the same run, and for the 304 the "
+            "ratio to the hello-world rate of the same build.",
+            "",
+            "| request headers | " + " | ".join(f"`{s}`" for s in servers) + " |",
+            "|---|" + "---:|" * len(servers),
         ]
+        for test in rows:
+            lines.append(
+                f"| {TESTS[test].label} | " + " | ".join(cell(s, test) for s in servers) + " |"
+            )
+    goals = [
+        _goal(
+            f"browser headers, pure build vs `{base}`",
+            rate("asgiserve", "static50k-browser"),
+            rate(base, "static50k-browser"),
+            goal,
+        )
+        for base, goal in (("http.server", 10.0), ("granian", 1.0))
+    ]
+    goals.append(
+        _goal(
+            "304 revalidation, pure build vs its hello-world rate",
+            rate("asgiserve", "static50k-304"),
+            rate("asgiserve", "hello"),
+            1.0,
+        )
+    )
+    if any(goals):
+        lines += ["", "Goals of issue 17 (same run):", ""]
+        lines += [g for g in goals if g]
+    if "static20m" in tests:
+        lines += [
+            "",
+            "20 MiB file, 8 connections, no headers but Host:",
+            "",
+            "| server | req/s | MiB/s | vs `http.server` | vs `granian` |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for server in servers:
+            entry = summary.get((server, "static20m"))
+            if entry is not None and entry["rate"] is not None:
+                ours = SERVERS[server].hello_command is not None
+                ratios = [_ratio(entry["rate"], rate(b, "static20m"), ours) for b in BASELINES]
+                lines.append(
+                    f"| `{server}` | {entry['rate']:,.0f} | {entry['mib']:,.0f} | "
+                    + " | ".join(ratios)
+                    + " |"
+                )
+        ours_large = summary.get(("asgiserve", "static20m"))
+        if ours_large is not None and ours_large["load_cpu"] > 90:
+            lines += [
+                "",
+                "On the 20 MiB file wrk itself is the limit (its core is busy): compare the "
+                "servers' CPU below, at about the same throughput.",
+            ]
     lines += [
         "",
         "Sanity (medians): CPU of the server (its core) and of wrk; spread = (max - min) / "
         "median over the repeats; foreign = the most CPU other processes took on either core "
         f"during a kept run (runs above {meta['max_foreign']:.0f}% were redone; `(~)`: still "
-        "disturbed).",
+        "disturbed; `(!)`: socket errors or error statuses).",
         "",
         "| server | test | server CPU | wrk CPU | spread | foreign |",
         "|---|---|---:|---:|---:|---:|",
@@ -412,12 +697,36 @@ def render(data: dict[str, Any]) -> str:
                     f"{entry['load_cpu']:.0f}% | {100 * entry['spread']:.0f}% | "
                     f"{entry['foreign']:.0f}% |"
                 )
+    if any(TESTS[t].headers == "browser" for t in tests):
+        example = request_bytes(
+            f"/{FILE50K}", f"{HOST}:PORT", browser_headers(f"http://{HOST}:PORT/")
+        )
+        lines += [
+            "",
+            "What a browser sends (Chromium 131 following a link from a page of the same "
+            "site; wrk's Lua scripts send the headers in an order of their own):",
+            "",
+            "```http",
+            *example.decode("latin-1").rstrip("\r\n").split("\r\n"),
+            "```",
+        ]
+    if data["validators"]:
+        lines += [
+            "",
+            "The 304 test adds the validators of each server's first response, as Chromium "
+            "does: "
+            + "; ".join(f"`{s}`: {', '.join(v)}" for s, v in data["validators"].items())
+            + ".",
+        ]
     lines += ["", "Servers:", ""]
     for server in servers:
         info = meta["server_info"][server]
         lines.append(f"* `{server}`: {info['note']}; `{info['command']}`")
     versions = meta.get("versions", {})
-    wanted = ("python", "asgiserve", "uvicorn", "starlette", "uvloop", "httptools", "wrk")
+    wanted = (
+        "python", "asgiserve", "asgiserve build", "asgiserve-compiled build", "uvicorn", "starlette", "granian", "uvloop",
+        "httptools", "wrk",
+    )  # fmt: skip
     lines += ["", "Versions: " + ", ".join(f"{k} {versions[k]}" for k in wanted if k in versions)]
     if data["failures"] or data["skipped"]:
         lines += ["", "Skipped or failed:", ""]
@@ -426,11 +735,33 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compiled_build(python: str) -> tuple[str | None, str]:
+    """(None, its build description) when run.py's compiled copy of asgiserve builds and
+    really runs compiled, else (the problem, "")."""
+    try:
+        tree = harness.compiled_tree(python)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return f"compiled build: {exc}", ""
+    paths = [str(tree), str(ROOT), os.environ.get("PYTHONPATH")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
+    proc = subprocess.run(
+        [python, "-c", harness._REQUIRE_COMPILED],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return "not compiled: " + (proc.stdout + proc.stderr).strip()[-200:], ""
+    return None, proc.stdout.strip()
+
+
 def make_files(folder: Path) -> None:
-    for test in TESTS.values():
-        path = folder / test.file
-        with open(path, "wb") as file:
-            remaining = test.size
+    files = {test.file: test.size for test in TESTS.values() if not test.hello}
+    for name, size in files.items():
+        with open(folder / name, "wb") as file:
+            remaining = size
             while remaining:
                 chunk = os.urandom(min(remaining, 1 << 20))
                 file.write(chunk)
@@ -480,6 +811,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="markdown report [benchmarks/RESULTS.md, our section only; quick: under results/]",
     )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the report from a run's raw JSON (results/static-*.json), run nothing",
+    )
     args = p.parse_args(argv)
     args.duration = args.duration or (1 if args.quick else 10)
     args.warmup = (0 if args.quick else 2) if args.warmup is None else args.warmup
@@ -494,8 +831,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def rerender(source: Path, report: Path | None) -> int:
+    data = json.loads(source.read_text())
+    data.setdefault("validators", {})
+    if report is None:
+        report = source.with_suffix(".md") if data["meta"]["quick"] else HERE / "RESULTS.md"
+    section = render(data)
+    print(section)
+    harness.write_section(report, SECTION_NAME, section)
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        return rerender(args.from_json, args.report)
     unknown = [s for s in args.servers.split(",") if s not in SERVERS] + [
         t for t in args.tests.split(",") if t not in TESTS
     ]
@@ -528,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
     args.folder = str(folder)
     make_files(folder)
 
-    specs, skipped = [], {}
+    specs, skipped, compiled = [], {}, ""
     for name in args.servers.split(","):
         spec = SERVERS[name]
         if spec.check:
@@ -542,12 +893,22 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[name] = f"cannot import {', '.join(spec.check)}"
                 print(f"  skip {name}: {skipped[name]}")
                 continue
+        if spec.compiled:
+            problem, compiled = compiled_build(args.python)
+            if problem is not None:
+                skipped[name] = problem
+                print(f"  skip {name}: {problem}")
+                continue
         specs.append(spec)
     versions = harness.collect_versions(args.python, args.wrk)
+    if compiled:
+        versions["asgiserve-compiled build"] = compiled
     with contextlib.suppress(Exception):
         import importlib.metadata as metadata
 
-        versions["starlette"] = metadata.version("starlette")
+        for package in ("starlette", "granian"):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[package] = metadata.version(package)
     data: dict[str, Any] = {
         "meta": {
             "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
@@ -576,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "skipped": skipped,
         "failures": [],
+        "validators": {},
         "runs": [],
         "discarded": [],
     }

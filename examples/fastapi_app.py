@@ -1,8 +1,11 @@
-"""A small FastAPI app: run it with `asgiserve examples.fastapi_app:app`, then open /docs."""
+"""A small FastAPI app: run it with `asgiserve examples.fastapi_app:app`, then open /docs.
+
+HTTP at /items, a WebSocket echo at /ws; FastAPI itself answers lifespan and any other path.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 app = FastAPI(title="Items")
@@ -53,3 +56,13 @@ async def replace_item(item_id: int, item: ItemIn) -> Item:
 async def delete_item(item_id: int) -> None:
     if items.pop(item_id, None) is None:
         raise HTTPException(status_code=404, detail="Item not found")
+
+
+@app.websocket("/ws")
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -118,7 +119,7 @@ def test_missing_client_is_a_dash(records: list[logging.LogRecord]) -> None:
 def test_bad_formats_are_rejected(fmt: str, message: str) -> None:
     with pytest.raises(AccessLogFormatError, match=message):
         compile_access_format(fmt)
-    with pytest.raises(ConfigError, match="access_log_format"):
+    with pytest.raises(ConfigError, match="--access-log-format"):
         Config.from_options("x:y", access_log_format=fmt)
 
 
@@ -209,7 +210,7 @@ def test_cli_text_logs_are_not_coloured_without_a_tty() -> None:
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    loggers = ("asgiserve.error", "asgiserve.access", "custom")
+    loggers = ("asgiserve.error", "asgiserve.access", "asgiserve.asgi", "custom", "")
     saved = {
         name: (
             logging.getLogger(name).handlers[:],
@@ -285,11 +286,12 @@ def test_log_config_files_are_applied(
         )
     configure_logging("info", access_log=True, log_config=str(path))
     logging.getLogger("asgiserve.access").info("hello")
-    logging.getLogger("asgiserve.error").warning("still enabled")
     out = capsys.readouterr()
     assert "CUSTOM asgiserve.access hello" in out.out
-    # Our other logger kept working: the file did not disable it.
-    assert "still enabled" in out.err
+    # Our other logger kept working (the file did not disable it), with no handler of ours:
+    # the file replaces our setup, so its lines go to the root logger's handlers.
+    error = logging.getLogger("asgiserve.error")
+    assert not error.disabled and error.propagate and error.handlers == []
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -450,3 +452,55 @@ def test_json_lines_from_our_handler_match_the_formatter(
     assert line.pop("time").endswith("Z")
     expected.pop("time")
     assert line == expected
+
+
+def test_durations_are_measured_finer_than_the_event_loops_clock() -> None:
+    # uvloop's clock moves in whole milliseconds; with it, every duration would read 0.0, 1.0,
+    # ... ms. time.perf_counter resolves a hello-world request (a fraction of a millisecond).
+    pytest.importorskip("uvloop", reason="uvloop is not installed (the standard extra has it)")
+    server = start_cli("tests.apps:app", "--loop", "uvloop", "--log-level", "info")
+    try:
+        with httpx.Client() as client:
+            for _ in range(30):
+                client.get(server.url)
+    finally:
+        server.stop()
+    durations = [float(match) for match in re.findall(r'" 200 13 (\d+\.\d)ms', server.output())]
+    assert len(durations) == 30
+    assert any(duration % 1.0 for duration in durations), durations
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_log_config_for_the_root_logger_only_receives_the_access_log(tmp_path: Path) -> None:
+    # As with uvicorn: the file replaces our setup, and our loggers propagate to its root.
+    lines = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    path = tmp_path / "log.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "formatters": {"f": {"format": "ROOT %(name)s %(message)s"}},
+                "handlers": {
+                    "h": {
+                        "class": "logging.StreamHandler",
+                        "formatter": "f",
+                        "stream": "ext://sys.stdout",
+                    }
+                },
+                "root": {"handlers": ["h"], "level": "INFO"},
+            }
+        )
+    )
+    try:
+        configure_logging("info", access_log=True, log_config=str(path))
+        root.handlers[0].setStream(lines)  # type: ignore[attr-defined]
+        log = make_access_log(lambda: 1.5)
+        assert log is not None
+        log(SCOPE, 200, 5, 1.0, [])
+    finally:
+        root.handlers[:], root.level = saved
+    assert lines.getvalue().startswith(
+        'ROOT asgiserve.access 203.0.113.7:51234 - "GET /items/caf%C3%A9?page=2 HTTP/1.1" 200 5 500.0ms'
+    )

@@ -167,7 +167,15 @@ class Client:
         self.conn.send_headers(
             stream_id, [(k.encode(), v.encode()) for k, v in request_headers], end_stream=not body
         )
-        self.responses[stream_id] = {
+        self.track(stream_id)
+        self.flush()
+        if body:
+            self.send_body(stream_id, body)
+        return stream_id
+
+    def track(self, stream_id: int) -> dict[str, Any]:
+        """Start recording what the server sends on a stream; the record."""
+        record = self.responses[stream_id] = {
             "headers": None,
             "data": b"",
             "ended": False,
@@ -175,10 +183,7 @@ class Client:
             "informational": [],
             "trailers": None,
         }
-        self.flush()
-        if body:
-            self.send_body(stream_id, body)
-        return stream_id
+        return record
 
     def send_body(self, stream_id: int, body: bytes) -> None:
         while body:
@@ -494,6 +499,11 @@ HEADERS_GET = None
             PREFACE + SETTINGS + frame(0x0, 0x1, 3, b"data on an idle stream"),
             ErrorCodes.PROTOCOL_ERROR,
         ),
+        # RFC 9113 section 6.5: a SETTINGS ACK with a payload is a FRAME_SIZE_ERROR.
+        (
+            PREFACE + SETTINGS + frame(0x4, 0x1, 0, b"\x00\x03\x00\x00\x00\x01"),
+            ErrorCodes.FRAME_SIZE_ERROR,
+        ),
     ],
     ids=[
         "first-not-settings",
@@ -503,6 +513,7 @@ HEADERS_GET = None
         "bad-hpack",
         "window-overflow",
         "data-idle-stream",
+        "settings-ack-with-payload",
     ],
 )
 def test_protocol_error_gets_goaway_with_the_right_code(
@@ -544,6 +555,60 @@ def test_too_many_continuation_frames_get_goaway(server: Any) -> None:
         ErrorCodes.PROTOCOL_ERROR,
         ErrorCodes.ENHANCE_YOUR_CALM,
     )
+
+
+def test_continuation_flood_of_large_frames_gets_goaway_at_once(server: Any) -> None:
+    # 96 KiB of header block in six 16 KiB frames, never ended: past the 64 KiB
+    # --h2-max-header-list-size, the connection is closed without waiting for the rest.
+    started = time.monotonic()
+    data = PREFACE + SETTINGS + frame(0x1, 0, 1, b"\x82" * 16384)
+    data += b"".join(frame(0x9, 0, 1, b"\x82" * 16384) for _ in range(5))
+    assert goaway_code(server.port, data) == ErrorCodes.ENHANCE_YOUR_CALM
+    assert time.monotonic() - started < 3
+
+
+def test_header_block_bound_follows_the_header_list_size_flag(serve: Any) -> None:
+    server = serve(h2_app, h2_max_header_list_size=8192)
+    # 9 KiB in one unfinished HEADERS frame is over the limit; 8 KiB was not.
+    data = PREFACE + SETTINGS + frame(0x1, 0, 1, b"\x82" * 9216)
+    assert goaway_code(server.port, data) == ErrorCodes.ENHANCE_YOUR_CALM
+    client = Client(server.port)
+    sid = client.request("/", headers=[("x-big", "v" * 7000)])
+    assert client.response(sid)["headers"][b":status"] == b"200"
+    client.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 9, 10, 4096])
+def test_frame_guard_verdict_does_not_depend_on_read_boundaries(chunk: int) -> None:
+    from asgiserve.protocols.http2 import FrameGuard
+
+    streams = {
+        None: PREFACE
+        + SETTINGS
+        + frame(0x1, 0x4, 1, b"\x82" * 300)
+        + frame(0x6, 0, 0, b"8bytes!!"),
+        ErrorCodes.FRAME_SIZE_ERROR: PREFACE + SETTINGS + frame(0x4, 0x1, 0, b"\x00" * 6),
+        ErrorCodes.ENHANCE_YOUR_CALM: PREFACE
+        + frame(0x1, 0, 1, b"\x82" * 600)
+        + b"".join(frame(0x9, 0, 1, b"") for _ in range(8)),
+    }
+    for expected, data in streams.items():
+        guard = FrameGuard(max_header_list_size=1024)
+        verdicts = {guard.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)}
+        assert verdicts - {None} == ({expected} if expected is not None else set())
+
+
+def test_connection_loss_disconnects_every_open_stream(server: Any) -> None:
+    EVENTS.clear()
+    client = Client(server.port)
+    for _ in range(3):
+        client.request("/wait-disconnect", method="POST", body=b"x")
+    time.sleep(0.3)  # the three apps are waiting in receive()
+    client.close()
+    deadline = time.monotonic() + 5
+    while len(EVENTS) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert EVENTS == ["disconnect"] * 3
 
 
 # -- through real clients ----------------------------------------------------------------

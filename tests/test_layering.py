@@ -70,3 +70,11 @@ def test_supervisors_know_no_protocol_and_never_load_the_app(path: Path) -> None
         ),
     )
     assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", modules("transport"), ids=lambda p: p.name)
+def test_the_transport_imports_no_app(path: Path) -> None:
+    # The server's own answer to static files goes through a narrow interface the transport
+    # owns (transport/state.py: RememberedFile), not through the app's classes.
+    bad = forbidden(imports_of(path), ("asgiserve.apps",))
+    assert not bad, f"{path.name} imports {bad}"

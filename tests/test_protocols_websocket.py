@@ -180,3 +180,57 @@ def test_sent_messages_are_framed_in_order_after_queued_pongs() -> None:
         (0x2, b"\x00" * 70_000),
         (0x1, "é".encode() * 100),
     ]
+
+
+def test_close_between_fragments_echoes_the_peer_code_and_drops_the_message() -> None:
+    # Autobahn 7.1.5; RFC 6455 section 5.4 lets a close come between fragments.
+    data = (
+        client_frame(0x1, b"fragment1", fin=False)
+        + client_frame(0x8, struct.pack("!H", 1000))
+        + client_frame(0x0, b"fragment2")
+    )
+    for chunk in (1, 5, 1 << 20):
+        core = open_core()
+        assert summary(feed(core, data, chunk)) == [("closed", (1000, ""))], chunk
+        out, eof = core.data_to_send()
+        assert server_frames(out) == [(0x8, struct.pack("!H", 1000))] and eof
+
+
+def test_close_between_compressed_fragments_echoes_the_peer_code() -> None:
+    core = open_core(deflate="permessage-deflate")
+    data = client_frame(0x1, b"plain", fin=False) + client_frame(0x8, struct.pack("!H", 1001))
+    assert summary(feed(core, data, 3)) == [("closed", (1001, ""))]
+    out, eof = core.data_to_send()
+    assert server_frames(out) == [(0x8, struct.pack("!H", 1001))] and eof
+
+
+@pytest.mark.parametrize("key", [b"\x00\x00\x00\x00", b"\x37\xa1\x02\xfe"])
+def test_invalid_utf8_fails_when_it_arrives_not_when_the_frame_ends(key: bytes) -> None:
+    # Autobahn 6.4.3: one text frame in three reads, the second holding the invalid bytes.
+    payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited" * 100
+    data = client_frame(0x1, payload, key=key)
+    core = open_core()
+    split = len(data) - len(payload) + 11  # the frame head, then the valid part
+    assert core.receive_data(data[:split]) == []
+    events = core.receive_data(data[split : split + 2])  # "\xf4\x90": no UTF-8 starts so
+    assert summary(events) == [("closed", (1007, "invalid UTF-8 in text message"))]
+    out, eof = core.data_to_send()
+    assert server_frames(out)[-1][1][:2] == struct.pack("!H", 1007) and eof
+
+
+def test_invalid_utf8_in_a_fragment_fails_before_the_message_ends() -> None:
+    data = client_frame(0x1, b"ok", fin=False) + client_frame(0x0, b"\xc0\xaf more", fin=False)
+    events = open_core().receive_data(data)
+    assert summary(events)[-1] == ("closed", (1007, "invalid UTF-8 in text message"))
+
+
+@pytest.mark.parametrize("deflate", [None, "permessage-deflate"])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 9, 1 << 20])
+def test_first_error_decides_the_close_code_whatever_the_reads(
+    deflate: str | None, chunk: int
+) -> None:
+    # Invalid UTF-8 in a fragment, then a frame with a reserved opcode: the first error (1007)
+    # wins, whether the two frames arrive in one read or byte by byte.
+    data = client_frame(0x1, b"ab\xff", fin=False) + client_frame(0x3, b"x")
+    events = feed(open_core(deflate=deflate), data, chunk)
+    assert [e.code for e in events if isinstance(e, WebSocketClosed)] == [1007]

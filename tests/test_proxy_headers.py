@@ -95,7 +95,7 @@ def test_ipv6_addresses_are_matched_in_canonical_form() -> None:
 
 @pytest.mark.parametrize("entry", ["localhost", "10.0.0.0/33", "1.2.3"])
 def test_invalid_trusted_entries_are_a_config_error(entry: str) -> None:
-    with pytest.raises(ConfigError, match="forwarded_allow_ips"):
+    with pytest.raises(ConfigError, match="--forwarded-allow-ips"):
         Config.from_options("x:y", forwarded_allow_ips=entry)
 
 
@@ -194,6 +194,51 @@ def test_forwarded_host_port_defaults_to_the_host_then_the_scheme() -> None:
     assert https["server"] == ("example.com", 443)
     assert forwarded(("X-Forwarded-Host", "[::1]:9000"))["server"] == ("[::1]", 9000)
     assert forwarded(("X-Forwarded-Port", "8443"))["server"] == ("127.0.0.1", 8443)
+
+
+def host_header(scope: dict[str, Any]) -> list[bytes]:
+    return [value for name, value in scope["headers"] if name == b"host"]
+
+
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ([("X-Forwarded-Host", "example.com")], b"example.com"),
+        ([("X-Forwarded-Host", "example.com"), ("X-Forwarded-Proto", "https")], b"example.com"),
+        ([("X-Forwarded-Host", "example.com:8080")], b"example.com:8080"),
+        ([("X-Forwarded-Host", "example.com"), ("X-Forwarded-Port", "8443")], b"example.com:8443"),
+        ([("X-Forwarded-Host", "[::1]:9000")], b"[::1]:9000"),
+        ([("Forwarded", "for=192.0.2.60;proto=https;host=example.com")], b"example.com"),
+    ],
+)
+def test_forwarded_host_rewrites_the_host_header(
+    headers: list[tuple[str, str]], expected: bytes
+) -> None:
+    scope = forwarded(("Host", "127.0.0.1:8000"), *headers)
+    assert host_header(scope) == [expected]
+
+
+def test_host_header_is_kept_without_a_forwarded_host_or_from_an_untrusted_peer() -> None:
+    assert host_header(forwarded(("Host", "a.test"), ("X-Forwarded-Proto", "https"))) == [b"a.test"]
+    untrusted = forwarded(
+        ("Host", "a.test"), ("X-Forwarded-Host", "evil.test"), client=("198.51.100.2", 4000)
+    )
+    assert host_header(untrusted) == [b"a.test"]
+
+
+def test_starlette_request_url_uses_the_forwarded_host(serve: Any) -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse(str(Request(scope, receive).url))(scope, receive, send)
+
+    server = serve(app)  # we are 127.0.0.1: trusted by default
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example"}
+    response = httpx.get(f"{server.url}/cart?id=3", headers=headers)
+    assert response.text == "https://shop.example/cart?id=3"
+    forwarded = httpx.get(f"{server.url}/a", headers={"Forwarded": "proto=http;host=b.example:81"})
+    assert forwarded.text == "http://b.example:81/a"
 
 
 @pytest.mark.parametrize("host", ["exa mple.com", "example.com:99999", "example.com:x", ""])
@@ -340,3 +385,9 @@ def test_unix_socket_peers_are_trusted_with_unix(serve: Any, tmp_path: Any) -> N
         while chunk := sock.recv(65536):
             data += chunk
     assert json.loads(data.partition(b"\r\n\r\n")[2])["client"] == ["203.0.113.7", 0]
+
+
+def test_loopback_peers_are_trusted_by_default_as_with_uvicorn() -> None:
+    trusted = TrustedPeers(Config.from_options("x:y").forwarded_allow_ips)
+    assert trusted.trusts("127.0.0.1") and trusted.trusts("::1")
+    assert not trusted.trusts("10.0.0.1")

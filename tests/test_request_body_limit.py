@@ -212,5 +212,5 @@ def test_queued_cycle_whose_body_went_over_answers_when_its_turn_comes() -> None
 
 
 def test_limit_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match="limit_request_body"):
+    with pytest.raises(ConfigError, match="--limit-request-body"):
         Config.from_options("x:y", limit_request_body=0)

@@ -40,6 +40,7 @@ from asgiserve.apps.static import (
 from asgiserve.config import Config, ConfigError
 from asgiserve.transport.sendfile import FileEndedEarly, SocketFileSender, send_file_buffered
 from tests.conftest import RawClient
+from tests.e2e.apps.guarded_static import PasswordStaticFiles, PasswordWrapper
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 
@@ -1706,13 +1707,13 @@ def test_config_static_and_mounts_are_validated(tmp_path: Path) -> None:
     assert Config.from_options("m:a", mounts="/s=dir").mounts == ("/s=dir",)
     for options, message in [
         ({}, "an app is required"),
-        ({"static": "dir", "app": "m:a"}, "give an app or static"),
-        ({"mounts": ["static=dir"]}, "mounts 'static=dir'"),
+        ({"static": "dir", "app": "m:a"}, "give an app or --static"),
+        ({"mounts": ["static=dir"]}, "--mount 'static=dir'"),
         ({"mounts": ["/static"]}, "expected PREFIX=DIR"),
-        ({"mounts": ["/=dir"]}, "use static"),
+        ({"mounts": ["/=dir"]}, "use --static"),
         ({"mounts": ["/a=x", "/a=y"]}, "more than once"),
-        ({"static": "dir", "static_open_files": -1}, "static_open_files must be"),
-        ({"static": "dir", "static_open_files": 1.5}, "static_open_files must be"),
+        ({"static": "dir", "static_open_files": -1}, "--static-open-files must be"),
+        ({"static": "dir", "static_open_files": 1.5}, "--static-open-files must be"),
     ]:
         app = options.pop("app", None if "mounts" not in options else "m:a")
         with pytest.raises(ConfigError, match=message):
@@ -1771,3 +1772,321 @@ def test_benchmark_report_rewrite_keeps_the_static_section(tmp_path: Path) -> No
     assert text.startswith("# new results\n\nnew table\n") and "old table" not in text
     assert text.count("<!-- static.py: begin -->") == 1 and "first" not in text
     assert "<!-- static.py: begin -->\n## Static files\n\nsecond\n<!-- static.py: end -->\n" in text
+
+
+# -- who the server may answer for (issue 17) ------------------------------------------------------
+
+AUTHORISED = b"Authorization: Bearer letmein\r\n"
+
+
+@pytest.mark.parametrize("mounted", [False, True], ids=["alone", "with-mount"])
+@pytest.mark.parametrize("shape", ["subclass", "getattr-wrapper"])
+def test_a_users_app_that_checks_credentials_runs_for_every_request(
+    serve: Any, site: Path, tmp_path: Path, shape: str, mounted: bool
+) -> None:
+    app = PasswordStaticFiles(site) if shape == "subclass" else PasswordWrapper(StaticFiles(site))
+    other = tmp_path / "other"
+    other.mkdir()
+    server = serve(app, mounts=(f"/other={other}",) if mounted else ())
+    for _ in range(3):
+        # An authorised plain GET is what gets a file remembered; the anonymous one after it
+        # must still meet the password.
+        status, _, body = split_response(raw_get(server.port, b"/data.bin", AUTHORISED))
+        assert (status, body) == (200, DATA)
+        assert split_response(raw_get(server.port, b"/data.bin"))[0] == 401
+
+
+def test_only_the_servers_own_static_apps_are_answered_for() -> None:
+    from asgiserve.apps.mounts import served_files
+
+    files = StaticFiles(".")
+    assert served_files(files) == files.borrow_remembered
+    mounts = Mounts(files, [("/s", StaticFiles("."))])
+    assert served_files(mounts) == mounts.borrow_remembered
+    assert served_files(PasswordStaticFiles(".")) is None
+    assert served_files(PasswordWrapper(files)) is None
+    # Through Mounts: only a mount that is exactly StaticFiles, never the main app.
+    locked = Mounts(files, [("/locked", PasswordStaticFiles("."))])
+    assert locked.borrow_remembered("/locked/x", []) is None
+    assert locked.borrow_remembered("/x", []) is None
+
+
+# -- what browsers send takes the shortcut, with the same answer (issue 17) -------------------------
+
+# A browser's request headers for a style sheet (Chromium 131), minus Host and Connection.
+BROWSER = (
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\n'
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b'sec-ch-ua-platform: "Linux"\r\n'
+    b"Accept: text/css,*/*;q=0.1\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: no-cors\r\n"
+    b"Sec-Fetch-Dest: style\r\n"
+    b"Referer: http://t/\r\n"
+    b"Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n"
+    b"Cookie: session=4f2a9c; theme=dark\r\n"
+)
+
+
+def read_one_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(split_response(head + b"\r\n\r\n")[1][b"content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    assert len(body) == length
+    return head + b"\r\n\r\n" + body
+
+
+def without_date(response: bytes) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date: ")]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+def style(site: Path) -> bytes:
+    text = b"body{color:#123456}\n" * 200
+    (site / "style.css").write_bytes(text)
+    (site / "style.css.gz").write_bytes(gzip.compress(text))
+    (site / "style.css.br").write_bytes(b"BROTLI" * 50)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("target", "accept_encoding", "coding"),
+    [
+        (b"/style.css", b"gzip, deflate, br, zstd", b"br"),
+        (b"/style.css", b"gzip, deflate", b"gzip"),
+        (b"/style.css", None, None),
+        (b"/sub/page.txt", b"gzip, deflate, br, zstd", None),
+    ],
+)
+def test_a_browsers_request_takes_the_shortcut_with_the_apps_answer(
+    backend: tuple[str, str],
+    serve: Any,
+    site: Path,
+    style: bytes,
+    app_calls: list[str],
+    target: bytes,
+    accept_encoding: bytes | None,
+    coding: bytes | None,
+) -> None:
+    server = serve(None, static=str(site))
+    headers = BROWSER + (
+        b"" if accept_encoding is None else b"Accept-Encoding: %s\r\n" % accept_encoding
+    )
+    request = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n%s\r\n" % (target, headers)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request)
+        by_app = read_one_response(sock)
+        answered = []
+        for _ in range(3):
+            sock.sendall(request)
+            answered.append(read_one_response(sock))
+    assert app_calls == [target.decode()]  # the other three were the server's own answers
+    status, fields, _ = split_response(by_app)
+    assert status == 200
+    assert fields.get(b"content-encoding") == coding
+    for response in answered:
+        assert without_date(response) == without_date(by_app)
+
+
+def test_each_representation_is_remembered_for_its_own_clients(
+    serve: Any, site: Path, style: bytes, app_calls: list[str]
+) -> None:
+    server = serve(None, static=str(site))
+    bodies = {b"br": b"BROTLI" * 50, b"gzip": (site / "style.css.gz").read_bytes(), None: style}
+    codings = {b"br": b"br", b"gzip": b"gzip", b"identity": None, b"gzip;q=0, br;q=0": None}
+    for _ in range(2):
+        for accept, coding in codings.items():
+            response = raw_get(server.port, b"/style.css", b"Accept-Encoding: " + accept + b"\r\n")
+            status, fields, body = split_response(response)
+            assert (status, fields.get(b"content-encoding"), body) == (200, coding, bodies[coding])
+            assert fields[b"vary"] == b"accept-encoding"
+    # One app call per representation: both values without a coding choose the file itself.
+    assert app_calls == ["/style.css"] * 3
+
+
+def test_a_sibling_added_after_remembering_is_served_from_then_on(
+    files_server: Any, site: Path
+) -> None:
+    server = files_server
+    (site / "late.css").write_bytes(b"p{}" * 100)
+    for _ in range(2):
+        status, fields, _ = split_response(
+            raw_get(server.port, b"/late.css", b"Accept-Encoding: gzip\r\n")
+        )
+        assert status == 200 and b"vary" not in fields
+    (site / "late.css.gz").write_bytes(gzip.compress(b"p{}" * 100))
+    status, fields, body = split_response(
+        raw_get(server.port, b"/late.css", b"Accept-Encoding: gzip\r\n")
+    )
+    assert (fields.get(b"content-encoding"), fields.get(b"vary")) == (b"gzip", b"accept-encoding")
+    assert gzip.decompress(body) == b"p{}" * 100
+
+
+def test_conditional_and_range_requests_still_run_the_app(
+    serve: Any, site: Path, style: bytes, app_calls: list[str]
+) -> None:
+    server = serve(None, static=str(site))
+    assert plain_get(server, "/style.css")[0] == 200
+    etag = plain_get(server, "/style.css")[1][b"etag"]
+    assert app_calls == ["/style.css"]
+    assert (
+        split_response(raw_get(server.port, b"/style.css", b"If-None-Match: " + etag + b"\r\n"))[0]
+        == 304
+    )
+    assert split_response(raw_get(server.port, b"/style.css", b"Range: bytes=0-1\r\n"))[0] == 206
+    assert app_calls == ["/style.css"] * 3
+
+
+# -- Vary on every response of a file with precompressed siblings (issue 17) ------------------------
+
+
+def test_vary_is_sent_to_clients_without_accept_encoding(
+    files_server: Any, site: Path, style: bytes
+) -> None:
+    server = files_server
+    for method in (b"GET", b"GET", b"HEAD"):  # the second GET is answered from memory
+        status, fields, _ = split_response(raw_get(server.port, b"/style.css", method=method))
+        assert status == 200 and fields[b"vary"] == b"accept-encoding"
+        assert b"content-encoding" not in fields
+    # A file without siblings has no reason to vary.
+    assert b"vary" not in plain_get(server, "/app.js")[1]
+
+
+# -- folders changed under a remembered file (issue 17) ---------------------------------------------
+
+
+def test_a_remembered_file_whose_folder_was_moved_outside_is_404(
+    files_server: Any, site: Path, tmp_path: Path
+) -> None:
+    server = files_server
+    for _ in range(2):
+        assert plain_get(server, "/sub/page.txt")[2] == b"sub page"
+    # The very same file (inode, times) now lies outside the root, reached through a link.
+    (site / "sub").rename(tmp_path / "moved-out")
+    (site / "sub").symlink_to(tmp_path / "moved-out")
+    for _ in range(2):
+        status, _, body = plain_get(server, "/sub/page.txt")
+        assert status == 404 and b"sub page" not in body
+
+
+def test_a_remembered_file_whose_grandparent_was_moved_outside_is_404(
+    files_server: Any, site: Path, tmp_path: Path
+) -> None:
+    (site / "a" / "b").mkdir(parents=True)
+    (site / "a" / "b" / "deep.txt").write_text("deep")
+    server = files_server
+    for _ in range(2):
+        assert plain_get(server, "/a/b/deep.txt")[2] == b"deep"
+    (site / "a").rename(tmp_path / "a-out")
+    (site / "a").symlink_to(tmp_path / "a-out")
+    assert plain_get(server, "/a/b/deep.txt")[0] == 404
+
+
+# -- --follow-symlinks (issue 17) -------------------------------------------------------------------
+
+
+def test_with_follow_symlinks_links_take_the_shortcut(
+    serve: Any, site: Path, tmp_path: Path, app_calls: list[str]
+) -> None:
+    (site / "linked.bin").symlink_to(site / "data.bin")
+    (site / "current").symlink_to(site / "sub")
+    server = serve(None, static=str(site), follow_symlinks=True)
+    for _ in range(3):
+        assert plain_get(server, "/linked.bin")[2] == DATA
+        assert plain_get(server, "/current/page.txt")[2] == b"sub page"
+    assert app_calls == ["/linked.bin", "/current/page.txt"]
+    # A link pointed elsewhere is seen at once.
+    (site / "other").mkdir()
+    (site / "other" / "page.txt").write_text("other page")
+    (site / "current").unlink()
+    (site / "current").symlink_to(site / "other")
+    assert plain_get(server, "/current/page.txt")[2] == b"other page"
+    (site / "linked.bin").unlink()
+    (site / "linked.bin").symlink_to(site / "app.js")
+    assert plain_get(server, "/linked.bin")[2] == (site / "app.js").read_bytes()
+
+
+# -- lifespan through Mounts (issue 17) -------------------------------------------------------------
+
+
+async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_mounted_folders_close_their_descriptors_at_shutdown(serve: Any, site: Path) -> None:
+    server = serve(lifespan_app, mounts=(f"/static={site}",), lifespan="on")
+    for _ in range(2):
+        assert plain_get(server, "/static/data.bin")[2] == DATA
+    assert plain_get(server, "/elsewhere")[2] == b"app"
+    assert held_descriptors(site) == [str(site / "data.bin")]
+    server.stop()
+    assert held_descriptors(site) == []
+
+
+# -- the listing page (issue 17; the browser's view is in tests/e2e/test_static_e2e.py) --------------
+
+
+def test_listing_sort_comes_from_the_query_with_safe_defaults() -> None:
+    from asgiserve.apps.listing import sort_from_query
+
+    assert sort_from_query(b"") == ("name", False)
+    assert sort_from_query(b"sort=size") == ("size", True)  # largest first on the first click
+    assert sort_from_query(b"sort=date&order=asc") == ("date", False)
+    assert sort_from_query(b"sort=name&order=desc") == ("name", True)
+    assert sort_from_query(b"sort=%3Cscript%3E&order=sideways") == ("name", False)
+
+
+def test_listing_keeps_folders_first_in_every_order() -> None:
+    from asgiserve.apps.listing import sort_entries
+
+    entries = [("b", False, 5, 3.0), ("A", False, 9, 1.0), ("z", True, 0, 2.0), ("c", True, 9, 0.0)]
+    names = lambda sort: [entry[0] for entry in sort_entries(entries, sort)]  # noqa: E731
+    assert names(("name", False)) == ["c", "z", "A", "b"]
+    assert names(("name", True)) == ["z", "c", "b", "A"]
+    assert names(("size", True)) == ["z", "c", "A", "b"]  # folders by name (their size is not)
+    assert names(("date", False)) == ["c", "z", "A", "b"]
+
+
+def test_listing_breadcrumbs_link_up_relatively_below_the_mount_point(
+    serve: Any, site: Path
+) -> None:
+    (site / "sub" / "deeper").mkdir()
+    server = serve(StaticFiles(site, listing=True, html=False), root_path="/files")
+    page = get(server.url + "/sub/deeper/?sort=date").text  # the proxy took /files off
+    heading = page[page.index("<h1>") : page.index("</h1>")]
+    # The mount point is a link to the app's root; the current folder is not a link.
+    assert '<a href="../../?sort=date&amp;order=desc">/files/</a>' in heading
+    assert '<a href="../?sort=date&amp;order=desc">sub</a>' in heading
+    assert '<span aria-current="page">deeper</span>' in heading
+    assert "This folder is empty." in page
+    assert "<title>Index of /files/sub/deeper/</title>" in page
+
+
+def test_listing_survives_a_modification_time_no_calendar_holds() -> None:
+    from asgiserve.apps.listing import render_listing
+
+    page = render_listing([("odd", False, 1, 1e300)], base="", segments=[], sort=("date", True))
+    assert b'href="odd"' in page

@@ -253,10 +253,10 @@ def test_wss_scope_has_scheme_wss_and_the_tls_extension(serve: Any, pki: PKI) ->
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"ssl_keyfile": "k.pem"}, "without ssl_certfile"),
-        ({"ssl_certfile": "c.pem", "ssl_cert_reqs": 2}, "ssl_ca_certs"),
-        ({"ssl_certfile": "c.pem", "ssl_cert_reqs": 3}, "ssl_cert_reqs"),
-        ({"ssl_certfile": "c.pem", "ssl_version": "SSLv3"}, "ssl_version"),
+        ({"ssl_keyfile": "k.pem"}, "without --ssl-certfile"),
+        ({"ssl_certfile": "c.pem", "ssl_cert_reqs": 2}, "--ssl-ca-certs"),
+        ({"ssl_certfile": "c.pem", "ssl_cert_reqs": 3}, "--ssl-cert-reqs"),
+        ({"ssl_certfile": "c.pem", "ssl_version": "SSLv3"}, "--ssl-version"),
     ],
 )
 def test_tls_options_are_checked(options: dict[str, Any], message: str) -> None:

@@ -69,6 +69,13 @@ async def ws_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "websocket.send", "text": json.dumps(visible)})
     elif path == "/raise-after-accept":
         raise RuntimeError("boom")
+    elif path == "/take-one":
+        # Takes one message and never asks for another.
+        EVENTS.append(("took", (await receive()).get("text")))
+        await asyncio.sleep(3)
+    elif path == "/close-on-message":
+        await receive()
+        await send({"type": "websocket.close", "code": 4000})
     elif path == "/server-close":
         await send({"type": "websocket.close", "code": 4000, "reason": "done here"})
     elif path == "/flood":
@@ -550,4 +557,93 @@ def test_reading_pauses_when_the_app_does_not_receive(server: Any) -> None:
             time.sleep(0.01)
     # 32 queued messages plus socket buffers, not the hundreds of MiB 2 s could carry.
     assert sent < 24 * 1024 * 1024
+    client.close()
+
+
+# -- bytes sent with the upgrade request, before the 101 -------------------------------------
+
+
+def upgrade_with(port: int, path: str, data: bytes, until: bytes = b"") -> tuple[bytes, bytes]:
+    """Send the upgrade request and ``data`` in one write; the response head and what followed
+    it until the server closed (or sent ``until``)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + data
+    )
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+            if until and received.endswith(until):
+                break
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_bad_frame_in_the_upgrade_write_gets_the_101_then_the_close(
+    serve: Any, backend: tuple[str, str]
+) -> None:
+    server = serve(ws_app)  # on each parser and loop: both hand the bytes over
+    head, rest = upgrade_with(server.port, "/echo", frame(0x3, b"reserved opcode"))
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert rest[:1] == b"\x88" and struct.unpack("!H", rest[2:4])[0] == 1002, rest
+
+
+def test_message_in_the_upgrade_write_is_read_after_the_101(server: Any) -> None:
+    head, rest = upgrade_with(server.port, "/echo", frame(0x1, b"early"), until=b"early")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert rest == b"\x81\x05early"
+
+
+def test_frames_sent_before_a_denial_are_never_read(server: Any) -> None:
+    head, rest = upgrade_with(server.port, "/close-before-accept", frame(0x3, b"reserved"))
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert rest == b"Forbidden"
+
+
+# -- a failure after valid messages: they are answered first -------------------------------
+
+
+def test_message_before_a_bad_frame_is_echoed_before_the_close(server: Any) -> None:
+    # Autobahn 3.2-5.15: the echo of the valid message, then close 1002, and no pong for the
+    # ping that came after the bad frame.
+    client = RawWebSocket(server.port)
+    client.send(frame(0x1, b"hello") + frame(0x3, b"reserved") + frame(0x9, b"ping"))
+    assert client.read_frame() == (0x1, b"hello")
+    assert client.read_frame() == (0x8, struct.pack("!H", 1002) + b"invalid opcode")
+    with pytest.raises(ConnectionError):
+        client.read_frame()
+    client.close()
+
+
+def test_app_that_never_asks_again_gets_the_close_after_the_close_timeout(serve: Any) -> None:
+    server = serve(ws_app, ws_close_timeout=0.2)
+    EVENTS.clear()
+    client = RawWebSocket(server.port, "/take-one")
+    started = time.monotonic()
+    client.send(frame(0x1, b"one") + frame(0x3, b"reserved"))
+    assert client.close_code() == 1002
+    assert time.monotonic() - started < 5  # the close timeout, checked once a second
+    assert EVENTS == [("took", "one")]
+    client.close()
+
+
+def test_app_closing_while_a_failure_waits_sends_the_failure_code(server: Any) -> None:
+    client = RawWebSocket(server.port, "/close-on-message")
+    client.send(frame(0x1, b"one") + frame(0x3, b"reserved"))
+    assert client.close_code() == 1002
+    client.close()
+
+
+def test_compressed_connection_fails_at_once(server: Any) -> None:
+    # With permessage-deflate the server does not frame messages itself: no answers after a
+    # failure, the close goes out at once.
+    client = RawWebSocket(server.port, extensions="permessage-deflate")
+    client.send(frame(0x1, b"hello") + frame(0x3, b"reserved"))
+    assert client.read_frame()[0] == 0x8
     client.close()

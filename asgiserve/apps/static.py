@@ -19,7 +19,8 @@ A request goes through four steps:
    served as its ``index.html`` (``html``) or as a listing (``listing``).
 3. **The representation.** With ``precompressed``, a sibling ``FILE.br`` or ``FILE.gz`` is
    served instead when the client's ``Accept-Encoding`` prefers it (RFC 9110 section 12.5.3),
-   with ``Content-Encoding`` and ``Vary: Accept-Encoding``. Its ``ETag`` (from modification
+   with ``Content-Encoding``; every response of a file with such siblings carries
+   ``Vary: Accept-Encoding``, also to a client that sent none. Its ``ETag`` (from modification
    time, size and coding) and ``Last-Modified`` drive the conditional requests of RFC 9110
    section 13 (412, 304) and ``Range``/``If-Range`` of section 14 (206, multipart/byteranges,
    416).
@@ -31,42 +32,51 @@ A request goes through four steps:
 
 File-system errors become 403 (permission) or 404 (anything else), never a traceback.
 
-The common case, a GET with none of the conditional, range or coding headers, has a shortcut:
-the response head of a file served that way is remembered, keyed by route, with the file's
-identity (device, inode, size, modification and change times). The next such request opens the
-remembered path and compares the identity with ``fstat`` of what it opened; only an exact match
-reuses the head, anything else forgets it and takes the four steps. Routes whose lookup met a
-symbolic link are never remembered (the link may be changed to point elsewhere); for the rest
-the open itself refuses a symbolic link in the last place (``O_NOFOLLOW``), and a link put in an
-earlier place leads to another file, so the identity differs. The one thing the identity check
-admits is that very file, unchanged (any write moves its times; renaming or linking it moves its
-change time, which no caller can set), so nothing is served that the full lookup did not serve.
-That shortcut is :meth:`StaticFiles.open_remembered`.
+The common case, a GET with none of the conditional or range headers, has a shortcut: the
+response head of each representation served that way (the file itself, its ``.br``, its
+``.gz``) is remembered, keyed by route and coding, with the identity (device, inode, size,
+modification and change times) of the file sent and of every folder on its way. A later such
+request picks its representation with the same Accept-Encoding rule among the codings the route
+had (the choice is kept per Accept-Encoding value: browsers send the same one each time), then
+checks the identities: only an exact match reuses the head, anything else forgets the route and
+takes the four steps.
+
+Why that admits nothing the full lookup would refuse: routes whose lookup met a symbolic link
+(the file, a folder, a sibling) are never remembered, unless ``follow_symlinks``, where links are
+served anyway and identities are taken through them. A folder's identity is taken by the lookup's
+own ``lstat``, so a folder later moved away and replaced by a link (or by another folder) no
+longer matches; the last place is opened with ``O_NOFOLLOW``. The file's identity admits only
+that very file, unchanged (any write moves its times; renaming or linking it moves its change
+time, which no caller can set). Adding, removing or renaming a sibling moves the folder's times,
+so the codings a remembered representation was chosen among are still those on disk. (One limit
+shared with every cache keyed on times: two changes within one tick of the file system's clock
+may look like one.) That shortcut is :meth:`StaticFiles.open_remembered`.
 
 A server that built this app itself (asgiserve with ``--static``, ``--mount``) answers such a
-request without running the app, through :meth:`StaticFiles.borrow_remembered`: the same
-identity check, made with one ``lstat`` of the remembered path, against a descriptor the app
+request without running the app, through :meth:`StaticFiles.borrow_remembered`: the same checks,
+made with one ``lstat`` of the remembered path and one per folder, against a descriptor the app
 keeps open for the file. Opening, checking and closing a file per request cost more than the
 rest of the server's answer (measured: a third of the request's CPU). The kept descriptor pins
 the inode, so its number cannot be reused while we hold it: a path whose ``lstat`` shows that
 device, inode, size and times still names that file, unchanged. At most ``open_files``
 files are kept open (``--static-open-files``, default :data:`OPEN_REMEMBERED`); a forgotten
-file's descriptor is closed with it.
+file's descriptor is closed with it. The server only ever does this for the objects it built
+(:func:`asgiserve.apps.mounts.served_files`), never for a user's app or a subclass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 import stat
-import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from mimetypes import guess_type
 from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+from asgiserve.apps.listing import Entry, render_listing, sort_from_query
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Message, Receive, Scope, Send
@@ -80,8 +90,8 @@ CHUNK_SIZE = 256 * 1024
 MAX_RANGES = 64
 
 _ALLOW = b"GET, HEAD"
-#: Files whose response head is remembered (see the module docstring); the oldest is forgotten
-#: first.
+#: Routes whose response heads are remembered (see the module docstring), up to three
+#: representations each; the oldest is forgotten first.
 REMEMBERED_FILES = 1024
 #: The default of ``open_files``: remembered files that also keep a descriptor open for the
 #: server (borrow_remembered); the one opened first is closed first. Small next to the usual
@@ -91,8 +101,9 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOC
 # Segments that start with a dot are hidden, except RFC 8615's well-known URIs, which exist to
 # be served.
 _NOT_HIDDEN = frozenset({".well-known"})
-# Request headers the conditional and range logic reads; list-valued ones are joined.
-_WANTED_HEADERS = frozenset(
+# Request headers of conditional and range requests (RFC 9110 sections 13 and 14): a request
+# with one of them is never answered from a remembered file.
+_CONDITIONAL_HEADERS = frozenset(
     {
         b"if-match",
         b"if-none-match",
@@ -100,9 +111,13 @@ _WANTED_HEADERS = frozenset(
         b"if-unmodified-since",
         b"range",
         b"if-range",
-        b"accept-encoding",
     }
 )
+# Request headers the conditional, range and coding logic reads; list-valued ones are joined.
+_WANTED_HEADERS = _CONDITIONAL_HEADERS | {b"accept-encoding"}
+#: Accept-Encoding values whose choice among a route's codings is kept (browsers send a handful
+#: of distinct values; the dict is emptied when full, so a client cannot make it grow).
+_CHOICES = 256
 # Precompressed siblings, in our order of preference when the client likes them equally.
 _CODINGS = (("br", ".br"), ("gzip", ".gz"))
 
@@ -150,29 +165,69 @@ class _Refused(Exception):
 #: The representation chosen for a request, opened for GET (fd -1 for HEAD): path, fd,
 #: stat, content coding, the request headers that matter, the response headers so far.
 _Headers = list[tuple[bytes, bytes]]
-_Plan = tuple[str, int, os.stat_result, "str | None", dict[bytes, bytes], _Headers]
-#: What identifies a file's content, from its stat: device, inode, size, mtime, ctime (ns).
+_Plan = tuple[
+    str, int, os.stat_result, "str | None", dict[bytes, bytes], _Headers, "_Remember | None"
+]
+#: What identifies a file's content, from its stat: inode, device, size, mtime, ctime (ns).
 _Identity = tuple[int, int, int, int, int]
+#: Paths with their identities: the folders a remembered file was found through (see
+#: _RememberedRoute), or those and the file.
+_Paths = tuple[tuple[str, _Identity], ...]
+#: What _respond needs to remember a 200: the route, the folders on its way, the codings found.
+_Remember = tuple[str, _Paths, tuple[str, ...]]
 
 
 class RememberedFile:
-    """A remembered file (see the module docstring): its path, identity and 200 response
-    headers; while a server answers from it, an open descriptor and those headers in the
-    server's wire form."""
+    """A remembered representation (see the module docstring): the path and identity of the
+    file sent, of the folders it was found through, and the 200 response headers; while a
+    server answers from it, an open descriptor and those headers in the server's wire form."""
 
-    __slots__ = ("encoded_headers", "fd", "headers", "identity", "path", "size")
+    __slots__ = (
+        "checks",
+        "encoded_headers",
+        "fd",
+        "folders",
+        "headers",
+        "identity",
+        "path",
+        "size",
+    )
 
     def __init__(
-        self, path: str, identity: _Identity, headers: tuple[tuple[bytes, bytes], ...]
+        self,
+        path: str,
+        identity: _Identity,
+        headers: tuple[tuple[bytes, bytes], ...],
+        folders: _Paths,
     ) -> None:
         self.path = path
         self.identity = identity
         self.headers = headers
+        self.folders = folders
+        #: What borrow_remembered checks: the file, then its folders.
+        self.checks = ((path, identity), *folders)
         self.size = identity[2]
         #: Kept open for :meth:`StaticFiles.borrow_remembered`; -1 when not.
         self.fd = -1
         #: Free for the server that answers from this entry (made on its first use there).
         self.encoded_headers: bytes | None = None
+
+
+class _RememberedRoute:
+    """What is remembered of one route: the precompressed codings its file had (RFC 9110
+    section 12.5.3's choice is made among them, as the full lookup makes it) and a
+    :class:`RememberedFile` per representation served so far (key None: the file itself).
+
+    The codings depend on which siblings the folder holds; every representation's folders
+    include the file's own folder with its modification and change times, which move when a
+    name in it is added, removed or renamed, so a representation that is still valid was
+    remembered with the siblings that are there now."""
+
+    __slots__ = ("codings", "files")
+
+    def __init__(self, codings: tuple[str, ...]) -> None:
+        self.codings = codings
+        self.files: dict[str | None, RememberedFile] = {}
 
 
 def _let_go(known: RememberedFile) -> None:
@@ -238,9 +293,13 @@ class StaticFiles:
         self._types: dict[str, bytes] = {}
         self._dates: dict[int, bytes] = {}
         self.open_files = open_files
-        self._known: dict[str, RememberedFile] = {}
+        self._known: dict[str, _RememberedRoute] = {}
         #: The remembered files holding a descriptor, oldest first (at most ``open_files``).
-        self._held: dict[str, RememberedFile] = {}
+        self._held: dict[RememberedFile, None] = {}
+        self._choices: dict[tuple[bytes | None, tuple[str, ...]], str | None] = {}
+        # How a remembered path is checked: as the full lookup sees it (links not followed,
+        # unless follow_symlinks, where the identity is the link's target's).
+        self._stat: Callable[[str], os.stat_result] = os.stat if follow_symlinks else os.lstat
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -258,7 +317,8 @@ class StaticFiles:
             if scope["method"] == "GET":
                 ready = self.open_remembered(route, scope["headers"])
                 if ready is not None:
-                    fd, headers, size = ready
+                    fd, known = ready
+                    headers, size = known.headers, known.size
                     try:
                         # A copy: whoever handles the message may change its list
                         # (Starlette's MutableHeaders does, in middleware).
@@ -275,9 +335,8 @@ class StaticFiles:
                             }
                             await send(message)
                         else:
-                            path = self._known[route].path
                             await self._body(
-                                scope, send, path, fd, 0, size, more_body=False, whole=True
+                                scope, send, known.path, fd, 0, size, more_body=False, whole=True
                             )
                     finally:
                         os.close(fd)
@@ -303,18 +362,23 @@ class StaticFiles:
 
     def open_remembered(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
-    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], int] | None:
+    ) -> tuple[int, RememberedFile] | None:
         """The shortcut of a plain GET (see the module docstring): for a remembered ``route``
-        still naming the same file, and request headers with nothing conditional, ranged or
-        encoded, the opened file (the caller closes it), the response headers and the body
-        size of a 200; None for everything else, which the full lookup serves."""
-        known = self._plain_get_of(route, request_headers)
+        still naming the same file through the same folders, and request headers with nothing
+        conditional or ranged, the opened file (the caller closes it) and the remembered
+        representation the request's ``Accept-Encoding`` chooses; None for everything else,
+        which the full lookup serves."""
+        known = self._remembered_for(route, request_headers)
         if known is None:
+            return None
+        # The file itself is checked on the descriptor (_open_known).
+        if not self._unchanged(known.folders):
+            self._forget(route)
             return None
         fd = self._open_known(route, known)
         if fd < 0:
             return None
-        return fd, known.headers, known.size
+        return fd, known
 
     def borrow_remembered(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
@@ -324,25 +388,14 @@ class StaticFiles:
         until the next call into this app, which may close it (``fd`` is then -1): read
         ``fd`` again before each use, or ``os.dup`` it to keep it.
 
-        Blocking calls on the event loop: one ``lstat`` of a local file (and, the first time,
-        an open and ``fstat``); the bytes are sent by the server, never read here.
+        Blocking calls on the event loop: one ``lstat`` of a local file and one per folder on
+        its way (and, the first time, an open and ``fstat``); the bytes are sent by the
+        server, never read here.
         """
-        known = self._plain_get_of(route, request_headers)
+        known = self._remembered_for(route, request_headers)
         if known is None:
             return None
-        try:
-            info = os.lstat(known.path)
-        except OSError:
-            self._forget(route)
-            return None
-        # _identity(info), inlined: the server's answer pays for every call.
-        if (
-            info.st_ino,
-            info.st_dev,
-            info.st_size,
-            info.st_mtime_ns,
-            info.st_ctime_ns,
-        ) != known.identity:
+        if not self._unchanged(known.checks):
             self._forget(route)
             return None
         if known.fd < 0:
@@ -350,31 +403,61 @@ class StaticFiles:
             if len(held) >= self.open_files:
                 if not held:
                     return None  # open_files=0: the app answers, opening the file each time
-                _let_go(held.pop(next(iter(held))))
+                oldest = next(iter(held))
+                del held[oldest]
+                _let_go(oldest)
             fd = self._open_known(route, known)
             if fd < 0:
                 return None
             known.fd = fd
-            held[route] = known
+            held[known] = None
         return known
 
-    def _plain_get_of(
+    def _remembered_for(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
     ) -> RememberedFile | None:
-        """The remembered file of ``route`` if the request has none of the headers that the
-        full lookup reads (conditional, range, coding)."""
-        known = self._known.get(route)
-        if known is None:
+        """The remembered representation of ``route`` that the request's Accept-Encoding
+        chooses, if the request has none of the conditional or range headers."""
+        entry = self._known.get(route)
+        if entry is None:
             return None
-        for key, _ in request_headers:
-            if key in _WANTED_HEADERS:
+        accept: bytes | None = None
+        for key, value in request_headers:
+            if key in _CONDITIONAL_HEADERS:
                 return None
-        return known
+            if key == b"accept-encoding":
+                accept = value if accept is None else accept + b", " + value
+        codings = entry.codings
+        return entry.files.get(self._coding_for(accept, codings) if codings else None)
+
+    def _coding_for(self, accept_encoding: bytes | None, codings: tuple[str, ...]) -> str | None:
+        """:func:`choose_coding`, kept per (Accept-Encoding, codings)."""
+        key = (accept_encoding, codings)
+        choices = self._choices
+        try:
+            return choices[key]
+        except KeyError:
+            if len(choices) >= _CHOICES:
+                choices.clear()
+            chosen = choices[key] = choose_coding(accept_encoding, list(codings))
+            return chosen
+
+    def _unchanged(self, paths: _Paths) -> bool:
+        """Whether each path still has its identity, as the full lookup sees it (a folder moved
+        away and replaced by a symbolic link, a sibling added, a file changed: all differ)."""
+        stat_of = self._stat
+        try:
+            for path, identity in paths:
+                if _identity(stat_of(path)) != identity:
+                    return False
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         """Close the descriptors kept for :meth:`borrow_remembered` (also done at lifespan
         shutdown); they are opened again as needed."""
-        for known in self._held.values():
+        for known in self._held:
             _let_go(known)
         self._held.clear()
 
@@ -402,19 +485,39 @@ class StaticFiles:
             return -1
         return fd
 
-    def _remember(self, route: str, path: str, info: os.stat_result, headers: _Headers) -> None:
+    def _remember(
+        self,
+        remember: _Remember,
+        coding: str | None,
+        path: str,
+        info: os.stat_result,
+        headers: _Headers,
+    ) -> None:
+        route, folders, codings = remember
         known = self._known
-        if route in known:
-            self._forget(route)
-        elif len(known) >= REMEMBERED_FILES:
-            self._forget(next(iter(known)))
-        known[route] = RememberedFile(path, _identity(info), tuple(headers))
+        entry = known.get(route)
+        if entry is not None and entry.codings != codings:
+            self._forget(route)  # the siblings changed: what was remembered is stale
+            entry = None
+        if entry is None:
+            if len(known) >= REMEMBERED_FILES:
+                self._forget(next(iter(known)))
+            entry = known[route] = _RememberedRoute(codings)
+        else:
+            previous = entry.files.get(coding)
+            if previous is not None and previous.fd >= 0:
+                del self._held[previous]
+                _let_go(previous)
+        entry.files[coding] = RememberedFile(path, _identity(info), tuple(headers), folders)
 
     def _forget(self, route: str) -> None:
-        known = self._known.pop(route, None)
-        if known is not None and known.fd >= 0:
-            del self._held[route]
-            _let_go(known)
+        entry = self._known.pop(route, None)
+        if entry is None:
+            return
+        for known in entry.files.values():
+            if known.fd >= 0:
+                del self._held[known]
+                _let_go(known)
 
     async def _http(
         self, scope: Scope, send: Send, route: str, request: dict[bytes, bytes]
@@ -427,21 +530,29 @@ class StaticFiles:
         # Only this synchronous part (path checks, lookups, open) can fail into an error
         # response: once a response has started, a failure is the server's to handle.
         plan: _Plan | None = None
-        remember: str | None = None
         try:
             parts = self._segments(route)
-            parent, path, info, plain = self._lookup(parts)
+            parent, path, info, folders = self._lookup(parts)
             if stat.S_ISDIR(info.st_mode):
                 if route.endswith("/"):  # else: redirected below
                     index = self._child(path, self.index) if self.html else None
                     if index is not None and stat.S_ISREG(index[1].st_mode):
-                        plan = self._plan(scope, request, path, index[0], self.index, index[1])
+                        plan = self._plan(
+                            scope, request, path, index[0], self.index, index[1], None
+                        )
                     elif not self.listing:
                         raise _Refused(404)
             elif stat.S_ISREG(info.st_mode) and not route.endswith("/"):
-                plan = self._plan(scope, request, parent, path, parts[-1], info)
-                if plain and not request:
-                    remember = route
+                remember: _Remember | None = None
+                if (
+                    folders is not None
+                    and method == "GET"
+                    and _CONDITIONAL_HEADERS.isdisjoint(request)
+                ):
+                    # Taken before the siblings are looked for (in _plan): one added after
+                    # this moves the folder's times, and the representation is forgotten.
+                    remember = (route, folders or self._folder_identities(parts), ())
+                plan = self._plan(scope, request, parent, path, parts[-1], info, remember)
             else:
                 raise _Refused(404)
         except _Refused as exc:
@@ -452,14 +563,14 @@ class StaticFiles:
             return
         if plan is not None:
             try:
-                await self._respond(scope, send, *plan, remember=remember)
+                await self._respond(scope, send, *plan)
             finally:
                 if plan[1] >= 0:
                     os.close(plan[1])
         elif not route.endswith("/"):
             await self._redirect_to_folder(scope, send)
         else:
-            await self._listing(scope, send, path, bool(parts))
+            await self._listing(scope, send, path, route)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -477,19 +588,24 @@ class StaticFiles:
             parts.append(part)
         return parts
 
-    def _lookup(self, parts: list[str]) -> tuple[str, str, os.stat_result, bool]:
-        """(resolved parent folder, resolved path, stat, whether no symbolic link was met) of
-        the segments under the root (with ``follow_symlinks``, links are not looked at)."""
+    def _lookup(self, parts: list[str]) -> tuple[str, str, os.stat_result, _Paths | None]:
+        """(resolved parent folder, resolved path, stat, folders) of the segments under the
+        root (with ``follow_symlinks``, links are not looked at). ``folders``: the identity of
+        each folder on the way below the root, as seen by this lookup; None when a symbolic
+        link was met (such a route is never remembered: the link may be changed to point
+        elsewhere); empty for a file in the root and with ``follow_symlinks``, where the
+        caller takes them (_folder_identities)."""
         root = self.root
         if not parts:
-            return root, root, os.stat(root), True
+            return root, root, os.stat(root), None
         if self.follow_symlinks:
             # No segment is empty, "." or ".." and none holds a slash: the join stays below.
             path = os.path.join(root, *parts)
-            return os.path.dirname(path), path, os.stat(path), True
+            return os.path.dirname(path), path, os.stat(path), ()
         parent = path = root
         last = len(parts) - 1
         plain = True
+        folders: list[tuple[str, _Identity]] = []
         for i, part in enumerate(parts):
             parent = path
             path = (parent if parent != "/" else "") + "/" + part
@@ -498,9 +614,25 @@ class StaticFiles:
                 path = self._inside(path)
                 info = os.stat(path)
                 plain = False
-            if i < last and not stat.S_ISDIR(info.st_mode):
-                raise _Refused(404)
-        return parent, path, info, plain
+            if i < last:
+                if not stat.S_ISDIR(info.st_mode):
+                    raise _Refused(404)
+                # This lstat's view, not a later one: a folder swapped for a link after it
+                # must differ from what is remembered.
+                folders.append((path, _identity(info)))
+        return parent, path, info, tuple(folders) if plain else None
+
+    def _folder_identities(self, parts: list[str]) -> _Paths:
+        """The folders on the way to ``parts`` (the root for a file in it), as a remembered
+        file's check sees them (:attr:`_stat`)."""
+        if len(parts) == 1:
+            return ((self.root, _identity(self._stat(self.root))),)
+        folders = []
+        path = self.root
+        for part in parts[:-1]:
+            path = (path if path != "/" else "") + "/" + part
+            folders.append((path, _identity(self._stat(path))))
+        return tuple(folders)
 
     def _inside(self, link: str) -> str:
         """The target of a symbolic link, if it stays under the root."""
@@ -510,17 +642,20 @@ class StaticFiles:
             raise _Refused(404)
         return target
 
-    def _child(self, folder: str, name: str) -> tuple[str, os.stat_result] | None:
-        """A file in an already resolved folder, with the same symlink rule; None if absent."""
+    def _child(self, folder: str, name: str) -> tuple[str, os.stat_result, bool] | None:
+        """A file in an already resolved folder, with the same symlink rule, and whether it
+        is a symbolic link; None if absent."""
         path = (folder if folder != "/" else "") + "/" + name
         try:
-            info = os.stat(path) if self.follow_symlinks else os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                path = self._inside(path)
+            info = os.lstat(path)
+            linked = stat.S_ISLNK(info.st_mode)
+            if linked:
+                if not self.follow_symlinks:
+                    path = self._inside(path)
                 info = os.stat(path)
         except (OSError, _Refused):
             return None
-        return path, info
+        return path, info, linked
 
     async def _redirect_to_folder(self, scope: Scope, send: Send) -> None:
         # A relative reference (RFC 9110 section 10.2.2, RFC 3986 section 5.2) to the last
@@ -545,14 +680,14 @@ class StaticFiles:
         path: str,
         name: str,
         info: os.stat_result,
+        remember: _Remember | None,
     ) -> _Plan:
         """Pick the representation and open it (synchronous: errors become 403/404)."""
         headers: list[tuple[bytes, bytes]] = [(b"content-type", self._content_type(name))]
         coding = None
-        accept_encoding = request.get(b"accept-encoding")
-        # Like nginx's gzip_static, siblings are only looked for when the client accepts a
-        # coding: the response to a client that does not cannot differ, and leaves out Vary.
-        if self.precompressed and accept_encoding:
+        if self.precompressed:
+            # Looked for even when the client sent no Accept-Encoding: the response still
+            # needs Vary, or a shared cache could hand it to a client that wants gzip.
             variants = []
             for candidate, suffix in _CODINGS:
                 found = self._child(folder, name + suffix)
@@ -562,10 +697,15 @@ class StaticFiles:
                 # Caches must key this resource on Accept-Encoding (RFC 9110 section 12.5.5),
                 # whichever representation this request gets.
                 headers.append((b"vary", b"accept-encoding"))
-                coding = choose_coding(accept_encoding, [c for c, _ in variants])
+                codings = tuple(c for c, _ in variants)
+                coding = choose_coding(request.get(b"accept-encoding"), list(codings))
                 if coding is not None:
-                    path, info = next(found for c, found in variants if c == coding)
+                    path, info, _ = next(found for c, found in variants if c == coding)
                     headers.append((b"content-encoding", coding.encode("ascii")))
+                if remember is not None:
+                    # A sibling through a link may be changed to point elsewhere unseen.
+                    linked = any(found[2] for _, found in variants)
+                    remember = None if linked else (remember[0], remember[1], codings)
         fd = -1
         if scope["method"] == "GET":
             # Everything sent comes from the open file, so the metadata and the bytes agree
@@ -578,7 +718,7 @@ class StaticFiles:
             except BaseException:
                 os.close(fd)
                 raise
-        return path, fd, info, coding, request, headers
+        return path, fd, info, coding, request, headers, remember
 
     def _open(self, path: str) -> int:
         return os.open(path, self._open_flags)
@@ -593,8 +733,7 @@ class StaticFiles:
         coding: str | None,
         request: dict[bytes, bytes],
         headers: list[tuple[bytes, bytes]],
-        *,
-        remember: str | None = None,
+        remember: _Remember | None,
     ) -> None:
         size = info.st_size
         modified = int(info.st_mtime)
@@ -632,8 +771,8 @@ class StaticFiles:
             ranges = parse_ranges(range_header, size)
         if ranges is None:
             headers.append((b"content-length", b"%d" % size))
-            if remember is not None and fd >= 0 and coding is None:
-                self._remember(remember, path, info, headers)
+            if remember is not None and fd >= 0:
+                self._remember(remember, coding, path, info, headers)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if fd >= 0 and "http.response.zerocopysend" in (scope.get("extensions") or ()):
                 # _body(), inlined for the common case.
@@ -772,12 +911,18 @@ class StaticFiles:
 
     # -- listings and errors -------------------------------------------------------------------
 
-    async def _listing(self, scope: Scope, send: Send, folder: str, has_parent: bool) -> None:
-        title = scope.get("root_path", "") + route_path(scope)
-        if not title.startswith("/"):
-            title = "/" + title
+    async def _listing(self, scope: Scope, send: Send, folder: str, route: str) -> None:
+        # The URL's own segments (not the looked-up ones): the page's relative links go up
+        # as many levels as the browser's URL has.
+        segments = route[1:-1].split("/") if len(route) > 1 else []
         page = await asyncio.get_running_loop().run_in_executor(
-            None, self._render_listing, folder, title, has_parent
+            None,
+            lambda: render_listing(
+                self._entries(folder),
+                base=scope.get("root_path", ""),
+                segments=segments,
+                sort=sort_from_query(scope.get("query_string", b"")),
+            ),
         )
         headers = [
             (b"content-type", b"text/html; charset=utf-8"),
@@ -789,30 +934,7 @@ class StaticFiles:
             {"type": "http.response.body", "body": page if scope["method"] == "GET" else b""}
         )
 
-    def _render_listing(self, folder: str, title: str, has_parent: bool) -> bytes:
-        rows = []
-        for entry, is_dir, size, mtime in sorted(self._entries(folder), key=_listing_order):
-            name = entry + "/" if is_dir else entry
-            rows.append(
-                f'<tr><td><a href="{html.escape(quote(name))}">{html.escape(name)}</a></td>'
-                f"<td>{'-' if is_dir else _human_size(size)}</td>"
-                f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(mtime))}</td></tr>"
-            )
-        parent = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>' if has_parent else ""
-        escaped = html.escape(title)
-        return (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Index of {escaped}</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{padding:.2em 1.5em .2em 0;text-align:left}td+td{font-variant-numeric:"
-            "tabular-nums}</style></head><body>"
-            f"<h1>Index of {escaped}</h1><table><thead><tr><th>Name</th><th>Size</th>"
-            f"<th>Modified (UTC)</th></tr></thead><tbody>{parent}{''.join(rows)}</tbody>"
-            "</table></body></html>\n"
-        ).encode()
-
-    def _entries(self, folder: str) -> Iterable[tuple[str, bool, int, float]]:
+    def _entries(self, folder: str) -> Iterable[Entry]:
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -1016,19 +1138,6 @@ def _parse_date(value: bytes | None) -> int | None:
         return None if parsed is None else int(mktime_tz(parsed))
     except (ValueError, OverflowError, TypeError):
         return None
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
-
-
-def _listing_order(entry: tuple[str, bool, int, float]) -> tuple[bool, str]:
-    return (not entry[1], entry[0].casefold())
 
 
 def _read_small(path: str) -> bytes:

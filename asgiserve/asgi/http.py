@@ -163,6 +163,7 @@ class HTTPCycle:
         "expect_continue",
         "head_request",
         "header_flags",
+        "input_ended",
         "on_complete",
         "phase",
         "reading_paused",
@@ -177,7 +178,7 @@ class HTTPCycle:
         "task",
         "trailer_headers",
         "trailers_expected",
-        "waiter",
+        "waiters",
     )
 
     def __init__(
@@ -221,7 +222,11 @@ class HTTPCycle:
         self.expect_continue = expect_continue and has_body
         self.continue_sent = False
         self.disconnected = False
-        self.waiter: asyncio.Future[None] | None = None
+        #: The client sends nothing more (it half-closed) but may still read the response.
+        self.input_ended = False
+        #: Tasks waiting in receive(): every one is woken (several tasks may wait at once,
+        #: e.g. a streaming response's disconnect listener and Starlette's is_disconnected()).
+        self.waiters: list[asyncio.Future[None]] | None = None
         #: Called once when the response is complete or aborted.
         self.on_complete = on_complete
         #: The task running the app, when it outlived its first step, and the set of running
@@ -266,12 +271,21 @@ class HTTPCycle:
         if self.phase is not Phase.DONE:
             self._complete()
 
+    def end_input(self) -> None:
+        """The client shut down its sending side after the whole request (a half-close): it
+        may be waiting for the response, or gone. ``send()`` goes on; a ``receive()`` past
+        the body reports ``http.disconnect``, so that an app that listens for one (a stream
+        to a client that went away) stops."""
+        self.input_ended = True
+        self._wake()
+
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _complete(self) -> None:
         self.phase = Phase.DONE
@@ -303,13 +317,26 @@ class HTTPCycle:
                 if not more_body:
                     self.request_delivered = True
                 return {"type": "http.request", "body": body, "more_body": more_body}
-            if self.disconnected or self.phase is Phase.DONE:
+            if self.disconnected or self.input_ended or self.phase is Phase.DONE:
                 return {"type": "http.disconnect"}
             if self.expect_continue and not self.continue_sent and self.phase is Phase.START:
                 self.continue_sent = True
                 self.sink.send_continue()
-            self.waiter = waiter = asyncio.get_running_loop().create_future()
-            await waiter
+            waiter = asyncio.get_running_loop().create_future()
+            waiters = self.waiters
+            if waiters is None:
+                self.waiters = [waiter]
+            else:
+                waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # Not left behind: an app that polls receive() and cancels it (Starlette's
+                # is_disconnected()) would grow the list until the next wake-up.
+                waiters = self.waiters
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                raise
 
     async def send(self, message: Message) -> None:
         phase = self.phase
@@ -607,7 +634,9 @@ class HTTPCycle:
                 raise
         else:
             if self.phase is not Phase.DONE:
-                if self.phase is Phase.START:
+                if self.phase is Phase.START and self.input_ended:
+                    logger.debug("App returned without a response after the client half-closed")
+                elif self.phase is Phase.START:
                     logger.error("ASGI application returned without starting a response")
                 else:
                     logger.error("ASGI application returned without completing the response")

@@ -27,9 +27,14 @@ class LifespanFailure(Exception):
 
 
 class Lifespan:
-    def __init__(self, app: ASGIApp, mode: str, state: dict[str, Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, mode: str, state: dict[str, Any], *, announce: bool = True
+    ) -> None:
         self.app = app
         self.mode = mode
+        #: Log "Waiting for application startup." and the like: not for an app of the
+        #: server's own (``--static``), where the user has no application to wait for.
+        self.announce = announce
         self.state = state
         self.supported = mode != "off"
         self.events: asyncio.Queue[Message] = asyncio.Queue()
@@ -41,24 +46,26 @@ class Lifespan:
     async def startup(self) -> None:
         if not self.supported:
             return
-        logger.info("Waiting for application startup.")
+        if self.announce:
+            logger.info("Waiting for application startup.")
         self.task = asyncio.get_running_loop().create_task(self._run())
         await self.events.put({"type": "lifespan.startup"})
         await self.startup_done.wait()
         if self.error is not None:
             raise LifespanFailure(self.error)
-        if self.supported:
+        if self.supported and self.announce:
             logger.info("Application startup complete.")
 
     async def shutdown(self) -> None:
         if not self.supported or self.task is None or self.task.done():
             return
-        logger.info("Waiting for application shutdown.")
+        if self.announce:
+            logger.info("Waiting for application shutdown.")
         await self.events.put({"type": "lifespan.shutdown"})
         await self.shutdown_done.wait()
         if self.error is not None:
             logger.error("Application shutdown failed: %s", self.error)
-        else:
+        elif self.announce:
             logger.info("Application shutdown complete.")
 
     async def _run(self) -> None:

@@ -12,6 +12,11 @@ messages flow both ways until either side closes; the app then receives
 ``send`` is a state machine over :class:`WSPhase`. The wire is the sink's business
 (:class:`WebSocketSink`); incoming messages are queued here and the sink is told to stop
 reading when the app falls ``max_queue`` messages behind.
+
+When the peer's bytes fail the connection (a protocol error after some valid messages), the
+sink may ask, with :meth:`WebSocketCycle.defer_close`, to let the app answer the messages that
+came before the bad frame first: the app goes on receiving them, and its next ``receive()``
+after the last one tells the sink (``messages_answered``), which then closes.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class WebSocketSink(Protocol):
     def close(self, code: int, reason: str) -> None: ...
     async def drain(self) -> None: ...
     def resume_reading(self) -> None: ...
+    def messages_answered(self) -> None: ...
 
 
 _CONNECT: Message = {"type": "websocket.connect"}
@@ -68,7 +74,9 @@ def _headers(raw: object) -> list[tuple[bytes, bytes]]:
 
 class WebSocketCycle:
     __slots__ = (
+        "answering",
         "close_code",
+        "close_pending",
         "close_reason",
         "connect_delivered",
         "disconnected",
@@ -95,6 +103,10 @@ class WebSocketCycle:
         self.close_code = 1006
         self.close_reason = ""
         self.reading_paused = False
+        #: The app took a message and has not asked for the next one yet.
+        self.answering = False
+        #: The sink waits for the app to answer the queued messages before closing.
+        self.close_pending = False
         self.waiter: asyncio.Future[None] | None = None
         self.response_status = 0
         self.response_headers: list[tuple[bytes, bytes]] = []
@@ -110,6 +122,14 @@ class WebSocketCycle:
             self.reading_paused = True
             return True
         return False
+
+    def defer_close(self) -> bool:
+        """True when the app has messages left to answer, which it may do before the sink
+        closes: the sink is then told when the app asks for more (``messages_answered``)."""
+        if self.phase is not WSPhase.OPEN or not (self.queue or self.answering):
+            return False
+        self.close_pending = True
+        return True
 
     def disconnect(self, code: int, reason: str = "") -> None:
         if self.disconnected:
@@ -134,6 +154,7 @@ class WebSocketCycle:
         if not self.connect_delivered:
             self.connect_delivered = True
             return _CONNECT
+        self.answering = False
         while True:
             queue = self.queue
             if queue and self.phase is not WSPhase.HANDSHAKE:
@@ -141,7 +162,11 @@ class WebSocketCycle:
                 if self.reading_paused and len(queue) < self.max_queue:
                     self.reading_paused = False
                     self.sink.resume_reading()
+                self.answering = True
                 return message
+            if self.close_pending:
+                self.close_pending = False
+                self.sink.messages_answered()  # the sink closes and disconnects us
             if self.disconnected:
                 return {
                     "type": "websocket.disconnect",

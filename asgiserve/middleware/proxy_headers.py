@@ -18,7 +18,8 @@ From the chosen hop we apply:
   never does);
 * ``scheme``: ``X-Forwarded-Proto`` / ``proto=`` (``https`` -> ``https``/``wss`` by scope type);
 * ``server``: ``X-Forwarded-Host`` / ``host=`` with ``X-Forwarded-Port`` (or the host's own
-  port, or the scheme's default port).
+  port, or the scheme's default port); the ``host`` header then says the same (with the port
+  unless it is the scheme's default), since frameworks build URLs from it.
 
 The ``X-Forwarded-*`` family wins when a request carries any of it, else ``Forwarded`` is
 used: nginx, HAProxy's ``option forwardfor``, AWS/GCP load balancers and Traefik speak the
@@ -293,13 +294,26 @@ def _apply_proto_host(
         name, host_port = parsed
         if port is None:
             port = host_port
+        default_port = _DEFAULT_PORTS.get(scheme or scope["scheme"])
         if port is None:
-            port = _DEFAULT_PORTS.get(scheme or scope["scheme"])
+            port = default_port
         scope["server"] = (name, port)
+        # Frameworks build the request's URL from the Host header (Starlette's request.url,
+        # Django's get_host()), not from ``server``: it must name the host the client asked for.
+        authority = name if port is None or port == default_port else f"{name}:{port}"
+        _set_host_header(scope, authority.encode("latin-1"))
     elif port is not None:
         server = scope.get("server")
         if server is not None and server[1] is not None:
             scope["server"] = (server[0], port)
+
+
+def _set_host_header(scope: Scope, value: bytes) -> None:
+    """Replace the request's Host header with ``value`` (in a new list: the old one may be
+    shared with the server's own records of the request)."""
+    headers = [(name, old) for name, old in scope["headers"] if name != b"host"]
+    headers.append((b"host", value))
+    scope["headers"] = headers
 
 
 def _parse_node(node: str) -> tuple[str, int | None] | None:

@@ -11,8 +11,15 @@ add what a server needs around it:
 * the concurrent-stream limit: we advertise ``max_concurrent_streams`` but keep ``h2``'s own
   enforcement (a connection error) out of the way, and refuse excess streams one by one with
   RST_STREAM REFUSED_STREAM (RFC 9113 section 5.1.2);
+* WebSockets over HTTP/2 (RFC 8441): with ``enable_connect_protocol`` we advertise
+  SETTINGS_ENABLE_CONNECT_PROTOCOL and accept the extended CONNECT (``:protocol``) it allows;
+  :func:`parse_request` reports the protocol, the transport runs the WebSocket on the stream;
 * "rapid reset" protection (CVE-2023-44487): a client that keeps opening and resetting
-  streams is sent GOAWAY ENHANCE_YOUR_CALM.
+  streams is sent GOAWAY ENHANCE_YOUR_CALM;
+* a :class:`FrameGuard` that reads the frame headers before ``h2`` does, for the connection
+  errors ``h2`` misses or names wrongly: an unfinished header block is bounded in bytes and
+  frames (the 2024 "CONTINUATION flood" class: ``h2`` buffers up to 64 frames of any size),
+  and a SETTINGS ACK with a payload is FRAME_SIZE_ERROR, not PROTOCOL_ERROR.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from h2.settings import SettingCodes, Settings
 
 __all__ = [
     "CONNECTION_PREFACE",
+    "FrameGuard",
     "H2Request",
     "ResetBudget",
     "StreamError",
@@ -41,7 +49,7 @@ CONNECTION_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 
 
 class StreamError(Exception):
@@ -54,7 +62,7 @@ class StreamError(Exception):
 
 
 class H2Request:
-    __slots__ = ("headers", "method", "path", "query", "scheme")
+    __slots__ = ("headers", "method", "path", "protocol", "query", "scheme")
 
     def __init__(
         self,
@@ -63,16 +71,23 @@ class H2Request:
         path: bytes,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
+        protocol: str | None = None,
     ) -> None:
         self.method = method
         self.scheme = scheme
         self.path = path
         self.query = query
         self.headers = headers
+        #: The extended CONNECT's ``:protocol`` (RFC 8441 section 4): "websocket" or None.
+        self.protocol = protocol
 
 
 def new_connection(
-    *, max_concurrent_streams: int, max_header_list_size: int, initial_window_size: int
+    *,
+    max_concurrent_streams: int,
+    max_header_list_size: int,
+    initial_window_size: int,
+    enable_connect_protocol: bool = False,
 ) -> H2Connection:
     """An ``h2`` server connection that advertises our limits (send the preface yourself:
     ``initiate_connection()`` or ``initiate_upgrade_connection()``)."""
@@ -91,14 +106,18 @@ def new_connection(
             SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: int(enable_connect_protocol),
         },
     )
     return connection
 
 
 def relax_stream_limit(
-    connection: H2Connection, *, initial_window_size: int, max_header_list_size: int
+    connection: H2Connection,
+    *,
+    initial_window_size: int,
+    max_header_list_size: int,
+    enable_connect_protocol: bool = False,
 ) -> None:
     """Call after the preface is sent. ``h2`` would turn one stream too many into a connection
     error; replace its (already advertised) settings with the same ones minus that limit, which
@@ -110,15 +129,19 @@ def relax_stream_limit(
             SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
             SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
             SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: int(enable_connect_protocol),
         },
     )
 
 
-def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
+def parse_request(
+    raw_headers: list[tuple[bytes, bytes]], *, connect_protocol: bool = False
+) -> H2Request:
     """Validate a request header list (RFC 9113 sections 8.2, 8.3) into the request facts and
-    the regular headers, with ``:authority`` turned into ``host``."""
-    method = scheme = authority = path = None
+    the regular headers, with ``:authority`` turned into ``host``. With ``connect_protocol``
+    (SETTINGS_ENABLE_CONNECT_PROTOCOL advertised), an extended CONNECT for a WebSocket
+    (RFC 8441 sections 4, 5) is a request too."""
+    method = scheme = authority = path = protocol = None
     headers: list[tuple[bytes, bytes]] = []
     regular_seen = False
     for name, value in raw_headers:
@@ -139,6 +162,11 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
                 if scheme is not None:
                     raise StreamError("duplicate :scheme")
                 scheme = value
+            elif name == b":protocol":
+                if protocol is not None or not connect_protocol:
+                    # RFC 8441 section 3: without the setting, :protocol is malformed.
+                    raise StreamError("unexpected :protocol")
+                protocol = value
             else:
                 if authority is not None:
                     raise StreamError("duplicate :authority")
@@ -156,7 +184,14 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
         headers.append((name, value))
     if method is None:
         raise StreamError("missing :method")
-    if method == b"CONNECT":
+    if protocol is not None:
+        # RFC 8441 section 4: :protocol only on a CONNECT, which then has :scheme, :path and
+        # :authority like any request.
+        if method != b"CONNECT" or path is None or scheme is None or authority is None:
+            raise StreamError("malformed extended CONNECT")
+        if protocol != b"websocket":
+            raise StreamError(f"unsupported :protocol {protocol!r}", ErrorCodes.REFUSED_STREAM)
+    elif method == b"CONNECT":
         raise StreamError("CONNECT is not supported", ErrorCodes.REFUSED_STREAM)
     if path is None or scheme is None:
         raise StreamError("missing :path or :scheme")
@@ -169,7 +204,14 @@ def parse_request(raw_headers: list[tuple[bytes, bytes]]) -> H2Request:
     target, _, query = path.partition(b"?")
     if b"#" in target:
         raise StreamError("fragment in :path")
-    return H2Request(method.decode("latin-1"), scheme.decode("latin-1"), target, query, headers)
+    return H2Request(
+        method.decode("latin-1"),
+        scheme.decode("latin-1"),
+        target,
+        query,
+        headers,
+        None if protocol is None else "websocket",
+    )
 
 
 def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
@@ -177,6 +219,86 @@ def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
         "!II", last_stream_id & 0x7FFFFFFF, error_code
     )
+
+
+_FRAME_HEADERS = 0x1
+_FRAME_SETTINGS = 0x4
+_FRAME_PUSH_PROMISE = 0x5
+_FRAME_CONTINUATION = 0x9
+_FLAG_ACK = 0x1
+_FLAG_END_HEADERS = 0x4
+
+
+class FrameGuard:
+    """Reads the frame headers of the client's byte stream (RFC 9113 section 4.1) and names the
+    connection error, if any, that the bytes so far amount to. ``feed`` every read before
+    ``h2`` sees it; it keeps at most the 9 bytes of a split frame header."""
+
+    __slots__ = (
+        "block_bytes",
+        "block_frames",
+        "header",
+        "max_block_bytes",
+        "max_block_frames",
+        "skip",
+    )
+
+    def __init__(self, *, max_header_list_size: int) -> None:
+        # An unfinished header block may hold as many bytes as the decoded header list may
+        # (HPACK never makes a list much larger than its encoding), in as many frames as a
+        # client splitting it into 1 KiB pieces would send: real clients send one frame, or
+        # pieces of the 16 KiB frame size.
+        self.max_block_bytes = max_header_list_size
+        self.max_block_frames = max(8, max_header_list_size // 1024)
+        #: Bytes still to pass over: the client preface, then the payload of the current frame.
+        self.skip = len(CONNECTION_PREFACE)
+        self.header = b""
+        #: Payload bytes and frames of the header block being received; -1 when none is open.
+        self.block_bytes = -1
+        self.block_frames = 0
+
+    def feed(self, data: bytes) -> int | None:
+        """The error code to close the connection with, or None while the stream is sound."""
+        pos = 0
+        end = len(data)
+        while True:
+            if self.skip:
+                taken = min(self.skip, end - pos)
+                self.skip -= taken
+                pos += taken
+                if self.skip:
+                    return None
+            need = 9 - len(self.header)
+            if end - pos < need:
+                self.header += data[pos:end]
+                return None
+            header = self.header + data[pos : pos + need] if self.header else data[pos : pos + 9]
+            self.header = b""
+            pos += need
+            length = int.from_bytes(header[:3], "big")
+            kind = header[3]
+            flags = header[4]
+            self.skip = length
+            if kind == _FRAME_SETTINGS and flags & _FLAG_ACK and length:
+                # RFC 9113 section 6.5: an ACK with a payload is a FRAME_SIZE_ERROR.
+                return ErrorCodes.FRAME_SIZE_ERROR
+            if kind in (_FRAME_HEADERS, _FRAME_PUSH_PROMISE):
+                self.block_bytes = 0
+                self.block_frames = 0
+            elif kind != _FRAME_CONTINUATION:
+                continue  # h2 checks that nothing else interrupts a header block
+            if self.block_bytes < 0:
+                continue
+            self.block_bytes += length
+            self.block_frames += 1
+            if flags & _FLAG_END_HEADERS:
+                self.block_bytes = -1
+            elif (
+                self.block_bytes > self.max_block_bytes or self.block_frames > self.max_block_frames
+            ):
+                # RFC 9113 section 10.5.1: a header block must be decoded whole to keep the
+                # HPACK state, so one too large to accept ends the connection.
+                return ErrorCodes.ENHANCE_YOUR_CALM
 
 
 class ResetBudget:

@@ -52,6 +52,8 @@ _FAST_FRAME_LIMIT = 256 * 1024
 _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
 _PLAIN_DATA_HEADS = (_FIN_TEXT, _FIN_BINARY)  # FIN, no RSV bits, text or binary
+#: A masked, empty, final continuation frame (see _read_frame_head).
+_EMPTY_FINAL_FRAGMENT = b"\x80\x80\x00\x00\x00\x00"
 #: Server frame heads (FIN set, unmasked) for payloads under 126 bytes, by opcode and length.
 _SMALL_HEADS = {
     opcode: [bytes((opcode, n)) for n in range(126)] for opcode in (_FIN_TEXT, _FIN_BINARY)
@@ -69,17 +71,27 @@ class Message:
 
 
 class WebSocketClosed:
-    """The closing handshake completed or the connection failed; code and reason."""
+    """The closing handshake completed or the connection failed; code and reason, and whether
+    it failed (our close frame names the peer's error, or ours)."""
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "failed", "reason")
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, failed: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.failed = failed
+
+
+#: Stands in for the key an HTTP/2 extended CONNECT does not carry (see handshake).
+_PLACEHOLDER_KEY = b"AAAAAAAAAAAAAAAAAAAAAA=="
+_DROPPED = frozenset(("date",))  # the server adds its own
+#: RFC 8441 section 5: no Sec-WebSocket-Accept; connection-specific fields are not HTTP/2.
+_DROPPED_OVER_HTTP2 = frozenset(("date", "upgrade", "connection", "sec-websocket-accept"))
 
 
 class Handshake:
-    """The outcome of checking an upgrade request: a 101 to send later, or a refusal now."""
+    """The outcome of checking an upgrade request: a 101 (200 over HTTP/2) to send later, or a
+    refusal now."""
 
     __slots__ = ("body", "headers", "status")
 
@@ -90,7 +102,7 @@ class Handshake:
 
     @property
     def accepted(self) -> bool:
-        return self.status == 101
+        return self.status in (101, 200)
 
 
 class WebSocketCore:
@@ -103,6 +115,16 @@ class WebSocketCore:
         self._opcode: Opcode | None = None
         self._parts: list[BytesLike] = []
         self._decoder: codecs.IncrementalDecoder | None = None
+        #: The message ended by a close frame (see _read_frame_head): not delivered.
+        self._drop_message = False
+        # What the frame heads handed to websockets said, read before their payload arrives:
+        # the fragmented message open on the wire, the UTF-8 state of its text, and for the
+        # text frame being received its mask key, header bytes still to skip, payload offset.
+        self._wire_message: Opcode | None = None
+        self._wire_decoder: codecs.IncrementalDecoder | None = None
+        self._text_key: bytes | None = None
+        self._text_skip = 0
+        self._text_offset = 0
         self._closed_reported = False
         self._failed = False
         self._max_size = max_size
@@ -116,29 +138,46 @@ class WebSocketCore:
         self._out: list[bytes] = []
         #: Pong frames received so far (keep-alive pings are answered by pongs).
         self.pongs_seen = 0
+        #: A failure's output (its close frame) held back while messages are answered.
+        self._deferred: list[bytes] | None = None
 
     # -- handshake -------------------------------------------------------------------------
 
-    def handshake(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Handshake:
+    def handshake(
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], *, extended_connect: bool = False
+    ) -> Handshake:
+        """Check an upgrade request; with ``extended_connect``, an HTTP/2 extended CONNECT
+        (RFC 8441 section 5), which carries no Upgrade, Connection or Sec-WebSocket-Key and
+        is accepted with a 200 that has no Sec-WebSocket-Accept."""
+        if extended_connect:
+            # websockets checks an HTTP/1.1 upgrade: give it the parts HTTP/2 does without, so
+            # that the version check and extension negotiation stay its own.
+            headers = [
+                *((k, v) for k, v in headers if k != b"sec-websocket-key"),
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-key", _PLACEHOLDER_KEY),
+            ]
         request = Request(
             path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         )
         response = self._protocol.accept(request)
         self._plain = not self._protocol.extensions
+        dropped = _DROPPED_OVER_HTTP2 if extended_connect else _DROPPED
         kept = [
             (name, value)
             for name, value in response.headers.raw_items()
-            if name.lower() != "date"  # the server adds its own
+            if name.lower() not in dropped
         ]
-        return Handshake(response.status_code, kept, bytes(response.body))
+        status = response.status_code
+        if extended_connect and status == 101:
+            status = 200
+        return Handshake(status, kept, bytes(response.body))
 
     # -- receiving ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Message | WebSocketClosed]:
         protocol = self._protocol
-        if not self._plain:
-            protocol.receive_data(data)
-            return self._events()
         held = self._held
         if held:
             held += data
@@ -151,16 +190,21 @@ class WebSocketCore:
         while pos < end:
             owed = self._owed
             if owed:
-                # websockets is inside a frame: give it that frame's bytes and no more.
+                # websockets is inside a frame: give it that frame's bytes and no more, so
+                # that an error is found at the same byte whatever the reads were.
                 take = min(owed, end - pos)
                 self._owed = owed - take
-                protocol.receive_data(buf[pos : pos + take])
+                piece = buf[pos : pos + take]
+                protocol.receive_data(piece)
                 pos += take
+                if self._text_key is not None and not self._check_streamed_text(piece):
+                    out.extend(self._events())
+                    pos = end  # the connection is failing: the rest is discarded
+                    break
                 out.extend(self._events())
                 continue
             if protocol.state is not State.OPEN:
                 # Closing or failed: websockets has the rest.
-                self._owed = 0
                 protocol.receive_data(buf[pos:])
                 pos = end
                 out.extend(self._events())
@@ -182,16 +226,21 @@ class WebSocketCore:
                 start = pos + 10
             masked = buf[pos + 1] & 0x80
             if masked:
+                if end < start + 4:
+                    break
                 start += 4
             frame_end = start + length
             if (
                 head not in _PLAIN_DATA_HEADS
-                or self._opcode is not None  # inside a fragmented message
+                or not self._plain
+                or self._wire_message is not None  # inside a fragmented message
                 or not masked
                 or length > self._max_size
                 or length > _FAST_FRAME_LIMIT
+                or (frame_end > end and head == _FIN_TEXT)  # validated as it arrives
             ):
                 self._owed = frame_end - pos
+                self._read_frame_head(head, bool(masked), buf[start - 4 : start], start - pos)
                 continue
             if frame_end > end:
                 break  # wait for the rest of this frame
@@ -212,6 +261,62 @@ class WebSocketCore:
         elif pos < end:
             held += buf[pos:]
         return out
+
+    def _read_frame_head(self, head: int, masked: bool, key: BytesLike, head_size: int) -> None:
+        """Follow the message structure of the frames handed to websockets, which parses them:
+        which message is open, and whether this frame's text is checked as it arrives."""
+        opcode = head & 0x0F
+        self._text_key = None
+        if opcode == Opcode.CLOSE and self._wire_message is not None:
+            # RFC 6455 section 5.4: a close may come between the fragments of a message, and it
+            # ends the connection: the message is dropped (Autobahn 7.1.5 expects the peer's
+            # code echoed). websockets calls it a protocol error, so it gets the message ended
+            # by an empty final fragment of our own first, and we drop that message.
+            self._protocol.receive_data(_EMPTY_FINAL_FRAGMENT)
+            self._drop_message = True
+            self._wire_message = None
+            return
+        if opcode in (Opcode.TEXT, Opcode.BINARY):
+            if self._wire_message is not None:
+                return  # websockets fails it: a new message inside a fragmented one
+            # Reserved bits: compressed (checked once inflated) or an error websockets reports.
+            text = opcode == Opcode.TEXT and self._plain and not head & 0x70
+            self._wire_decoder = codecs.getincrementaldecoder("utf-8")() if text else None
+            if not head & 0x80:
+                self._wire_message = Opcode(opcode)
+        elif opcode == Opcode.CONT:
+            if self._wire_message is None:
+                return  # websockets fails it: nothing to continue
+            if head & 0x80:
+                self._wire_message = None
+            if head & 0x70:
+                return
+        else:
+            return  # a control frame
+        if self._wire_decoder is not None and masked:
+            # RFC 6455 section 8.1: fail as soon as the bytes cannot be UTF-8, not once the
+            # frame or message is whole (Autobahn 6.4.3, 6.4.4).
+            self._text_key = bytes(key)
+            self._text_skip = head_size
+            self._text_offset = 0
+
+    def _check_streamed_text(self, piece: BytesLike) -> bool:
+        skip = min(self._text_skip, len(piece))
+        self._text_skip -= skip
+        payload = piece[skip:]
+        if not payload:
+            return True
+        key = self._text_key
+        assert key is not None and self._wire_decoder is not None
+        turn = self._text_offset % 4
+        self._text_offset += len(payload)
+        try:
+            self._wire_decoder.decode(apply_mask(payload, key[turn:] + key[:turn]))
+        except UnicodeDecodeError:
+            self._text_key = None
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+            return False
+        return True
 
     def receive_eof(self) -> list[Message | WebSocketClosed]:
         self._protocol.receive_eof()
@@ -235,6 +340,11 @@ class WebSocketCore:
                     if opcode is Opcode.TEXT and not self._check_text_part(frame.data):
                         break
             elif opcode is Opcode.CONT:
+                if self._drop_message:
+                    # Our own final fragment before a close: the message is dropped.
+                    self._drop_message = False
+                    self._opcode, self._parts, self._decoder = None, [], None
+                    continue
                 self._parts.append(frame.data)
                 if (
                     self._opcode is Opcode.TEXT
@@ -259,6 +369,10 @@ class WebSocketCore:
 
     def _check_text_part(self, data: BytesLike) -> bool:
         # Validate a fragmented text message as it arrives, so bad UTF-8 closes it early.
+        # Without extensions its bytes were checked on the wire already (_check_streamed_text);
+        # a compressed message can only be checked once inflated.
+        if self._plain:
+            return True
         if self._decoder is None:
             self._decoder = codecs.getincrementaldecoder("utf-8")()
         try:
@@ -292,6 +406,7 @@ class WebSocketCore:
             return None
         protocol = self._protocol
         close = protocol.close_rcvd
+        failed = False
         if close is None:
             failed = self._failed or protocol.parser_exc is not None
             if not failed and protocol.state is not State.CLOSED:
@@ -300,18 +415,40 @@ class WebSocketCore:
         self._closed_reported = True
         if close is None:
             return WebSocketClosed(CloseCode.ABNORMAL_CLOSURE, "")
-        return WebSocketClosed(close.code, close.reason)
+        return WebSocketClosed(close.code, close.reason, failed)
+
+    # -- a failure held back -----------------------------------------------------------------
+
+    def defer_failure(self) -> bool:
+        """After a failure: hold its close frame back so that messages can still be sent (the
+        answers to those that came before the bad frame), until ``release_failure``. Only
+        without extensions, where we frame messages ourselves."""
+        if not self._plain or self._deferred is not None:
+            return False
+        self._deferred = self._protocol.data_to_send()
+        return True
+
+    def release_failure(self) -> None:
+        """Queue the held close frame after what was sent meanwhile (see data_to_send)."""
+        if self._deferred is not None:
+            self._out.extend(self._deferred)
+            self._deferred = None
+
+    @property
+    def sending(self) -> bool:
+        """Data messages may be sent: the connection is open, or a failure is held back."""
+        return self._protocol.state is State.OPEN or self._deferred is not None
 
     # -- sending -----------------------------------------------------------------------------
 
     def send_text(self, text: str) -> None:
-        if self._plain and self._protocol.state is State.OPEN:
+        if self._plain and self.sending:
             self._frame(_FIN_TEXT, text.encode("utf-8"))
         else:
             self._protocol.send_text(text.encode("utf-8"))
 
     def send_bytes(self, data: bytes) -> None:
-        if self._plain and self._protocol.state is State.OPEN:
+        if self._plain and self.sending:
             self._frame(_FIN_BINARY, data)
         else:
             self._protocol.send_binary(data)

@@ -250,7 +250,7 @@ def _receive_spec(channel: socket.socket) -> _Spec:
 
 def worker_main(channel_fd: int) -> int:
     """The worker process: receive the config, serve the inherited sockets, return the exit code."""
-    from asgiserve.logging import configure_logging
+    from asgiserve.logging import configure_logging_for
     from asgiserve.server import run_server
 
     channel = socket.socket(fileno=channel_fd)
@@ -261,12 +261,7 @@ def worker_main(channel_fd: int) -> int:
     # The app is imported as it would be in the supervisor (same cwd, same sys.path).
     sys.path[:] = [*spec.sys_path, *([] if _ROOT in spec.sys_path else [_ROOT])]
     config = spec.config
-    configure_logging(
-        config.log_level,
-        access_log=config.access_log,
-        log_format=config.log_format,
-        log_config=config.log_config,
-    )
+    configure_logging_for(config)
     sockets = [socket.socket(fileno=fd) for fd in spec.fds]
     # pass_fds made these inheritable: the app's own subprocesses must not hold the listeners
     # (they would keep the port open) or the channel (the supervisor would not see us exit).

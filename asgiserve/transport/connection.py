@@ -18,6 +18,11 @@ We are the cycle's :class:`~asgiserve.asgi.http.ResponseSink`: we decide the HTT
 open. Protocol errors from the parser become one complete error response and a close, sent
 after the responses to earlier requests. Timeouts are deadlines checked by the server's
 once-a-second sweep rather than a timer per request.
+
+Where the connection stands is one value, :class:`Stage`, moved only along the table
+``_TRANSITIONS`` (docs/architecture.md has it with each stage's deadline); whether the
+transport reads is derived from the stage and a few reasons (:meth:`~HTTP11Connection._may_read`),
+never kept as flags of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 import os
 from collections import deque
 from http import HTTPStatus
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from asgiserve.asgi.http import (
@@ -58,9 +64,13 @@ from asgiserve.transport.tls import tls_extension
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
 
-    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import Message, Receive, Scope, Send
-    from asgiserve.transport.state import RememberedFiles, RequestParser, ServerState
+    from asgiserve.transport.state import (
+        RememberedFile,
+        RememberedFiles,
+        RequestParser,
+        ServerState,
+    )
 
 logger = logging.getLogger("asgiserve.error")
 
@@ -79,12 +89,97 @@ _FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
 _MAYBE_PRIOR_KNOWLEDGE = b"h2 prior knowledge?"
 
 
+class Stage:
+    """Where an HTTP/1.1 connection stands: one value, changed only through
+    :meth:`HTTP11Connection._enter`, which checks :data:`TRANSITIONS` (the table is in
+    docs/architecture.md). Plain ``Final`` ints rather than an ``enum``: the compiled build
+    compares them natively on every request.
+
+    Which request is active and which wait is data (``active``, ``queue``), not stage;
+    whether the transport reads is derived from the stage and a few reasons
+    (:meth:`HTTP11Connection._may_read`)."""
+
+    IDLE: Final = 0  # no request in progress: waiting for one (keep-alive deadline)
+    HEAD: Final = 1  # part of a request head has come (head deadline)
+    RECEIVING: Final = 2  # the app runs; its request body is still arriving (body deadline)
+    RESPONDING: Final = 3  # the app runs; its request body is complete (or there is none)
+    ANSWERING: Final = 4  # the server's own answer to a file waits in this turn's batch
+    DISCARDING: Final = 5  # the response is out; the body the app left unread is dropped
+    CLOSING: Final = 6  # closed by us: nothing more is read or written
+    UPGRADED: Final = 7  # a WebSocket or HTTP/2 connection took the transport over
+    CLOSED: Final = 8  # the transport is gone (connection_lost)
+
+
+STAGE_NAMES: Final = (
+    "IDLE",
+    "HEAD",
+    "RECEIVING",
+    "RESPONDING",
+    "ANSWERING",
+    "DISCARDING",
+    "CLOSING",
+    "UPGRADED",
+    "CLOSED",
+)
+
+#: The allowed transitions, from each stage. Every stage may go to CLOSING (a protocol error,
+#: a timeout, an abort, shutdown) and to CLOSED (the client went away), except the last ones.
+_TRANSITIONS: Final[dict[int, tuple[int, ...]]] = {
+    # A request (read whole, or the rest of its head) starts the app or the server's answer;
+    # an upgrade hands the transport over.
+    Stage.IDLE: (Stage.HEAD, Stage.RECEIVING, Stage.RESPONDING, Stage.ANSWERING, Stage.UPGRADED),
+    # A head completes (answered at once by the server, the connection is idle again).
+    Stage.HEAD: (Stage.IDLE, Stage.RECEIVING, Stage.RESPONDING, Stage.ANSWERING, Stage.UPGRADED),
+    # The body ends; or the response completes first: what is left of the body is dropped
+    # (DISCARDING), or the connection closes.
+    Stage.RECEIVING: (Stage.RESPONDING, Stage.IDLE, Stage.HEAD, Stage.DISCARDING),
+    # The response completes: idle, or the next pipelined request starts.
+    Stage.RESPONDING: (Stage.IDLE, Stage.HEAD, Stage.RECEIVING, Stage.RESPONDING),
+    # The batch sends the answer: done (idle), or the rest of the file needs a task
+    # (RESPONDING), or the file went and the app answers after all (IDLE, then the queue).
+    Stage.ANSWERING: (Stage.IDLE, Stage.HEAD, Stage.RESPONDING),
+    # The dropped body ends.
+    Stage.DISCARDING: (Stage.IDLE,),
+    # The transport goes once closed; after an upgrade it is another protocol's.
+    Stage.CLOSING: (Stage.CLOSED,),
+    Stage.UPGRADED: (),
+    Stage.CLOSED: (),
+}
+#: The same table as bitmasks, with CLOSING and CLOSED added to every open stage, for a
+#: cheap check: bit ``t`` of ``ALLOWED[s]`` is set when ``s -> t`` is allowed.
+ALLOWED: Final[tuple[int, ...]] = tuple(
+    sum(1 << target for target in _TRANSITIONS[stage])
+    | ((1 << Stage.CLOSING) | (1 << Stage.CLOSED) if stage < Stage.CLOSING else 0)
+    for stage in range(len(STAGE_NAMES))
+)
+
+
+# The stages as module globals, for the methods below: one lookup in pure Python, where
+# ``Stage.X`` costs two (this is the per-request path).
+_IDLE: Final = Stage.IDLE
+_HEAD: Final = Stage.HEAD
+_RECEIVING: Final = Stage.RECEIVING
+_RESPONDING: Final = Stage.RESPONDING
+_ANSWERING: Final = Stage.ANSWERING
+_DISCARDING: Final = Stage.DISCARDING
+_CLOSING: Final = Stage.CLOSING
+_UPGRADED: Final = Stage.UPGRADED
+_CLOSED: Final = Stage.CLOSED
+
+
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
     NONE: Final = 0
     IDLE: Final = 1  # keep-alive timeout: close quietly
     HEAD: Final = 2  # request head too slow: 408 and close
+    BODY: Final = 3  # request body too slow (or a discarded one): 408 (if we can) and close
+    WRITE: Final = 4  # the client does not read its response: drop the connection
+
+
+#: Request body bytes that count as progress: each such amount must come within
+#: ``body_timeout`` of the last.
+BODY_PROGRESS = 64 * 1024
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:
@@ -112,16 +207,14 @@ class HTTP11Connection(asyncio.Protocol):
     __slots__ = (
         "active",
         "active_head",
-        "answering",
-        "body_paused",
-        "closing",
+        "body_progress",
         "context",
         "cork",
         "cork_bytes",
         "cork_mark",
         "deadline",
         "deadline_kind",
-        "discarding",
+        "discarded",
         "drain_waiters",
         "file_sender",
         "info",
@@ -136,6 +229,7 @@ class HTTP11Connection(asyncio.Protocol):
         "response_chunked",
         "response_close",
         "responses_done",
+        "stage",
         "started_at",
         "state",
         "transport",
@@ -155,19 +249,21 @@ class HTTP11Connection(asyncio.Protocol):
         #: The request whose response is being produced.
         self.active: HTTPCycle | None = None
         self.active_head: RequestHead | None = None
-        #: The server's own answer to the request (_answer_file) waits in the answer batch:
-        #: the connection is as busy as with an active request.
-        self.answering = False
+        #: Where the connection stands (see Stage).
+        self.stage: int = _IDLE
         #: The request whose body the parser is reading (the active one or the last queued).
         self.parsing: HTTPCycle | None = None
-        self.discarding = False
+        #: Bytes dropped so far while DISCARDING (bounded by ``limit_discard_body``).
+        self.discarded = 0
+        #: Body bytes read since the body deadline was last pushed back.
+        self.body_progress = 0
         self.keep_alive = True
-        self.closing = False
         self.pending_error: ProtocolError | None = None
         self.response_chunked = False
         self.response_close = False
+        #: The transport's reading state as we last set it (see _may_read), and its writing
+        #: state as it last told us (pause_writing).
         self.reading_paused = False
-        self.body_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         #: How files are sent on this connection (made on first use); told when it is lost.
@@ -226,7 +322,8 @@ class HTTP11Connection(asyncio.Protocol):
                 self._switch_to_http2(b"", None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        if self.stage != _UPGRADED:
+            self._enter(_CLOSED)
         self.state.connections.discard(self)
         self.deadline = 0.0
         active = self.active
@@ -243,20 +340,45 @@ class HTTP11Connection(asyncio.Protocol):
             self.file_sender.connection_lost()
 
     def eof_received(self) -> bool | None:
-        # A client that shuts down its sending side has, for HTTP/1.1 in practice, gone away:
-        # let the transport close so that a waiting app sees http.disconnect now rather than
-        # when a write finally fails.
-        return None
+        # A client may shut down its sending side once its request is out (RFC 9112 section
+        # 9.6 lets either side close; a half-close is how some clients say "no more
+        # requests"): answer what was read, then close. Nothing more can come, so a body cut
+        # short is a disconnect for its app, and an idle connection closes now.
+        self.keep_alive = False
+        parsing = self.parsing
+        if parsing is not None:
+            self.parsing = None
+            if self.stage == _DISCARDING:
+                self._enter(_IDLE)
+            else:
+                parsing.disconnect()
+        if self._idle() or self.stage >= _CLOSING or self.state.tls is not None:
+            # The transport closes. (Under TLS it would anyway: asyncio's TLS transport logs
+            # a warning and ignores a True here; a TLS client ends with close_notify.)
+            return None
+        # Whether the client waits for its answers or has gone, only a write can tell: the
+        # apps go on, and one that listens for a disconnect hears of it (HTTPCycle.end_input).
+        active = self.active
+        if active is not None:
+            active.end_input()
+        for cycle, _head in self.queue:
+            cycle.end_input()
+        return True
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self._set_deadline(_Deadline.WRITE, self.state.write_timeout)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.deadline_kind == _Deadline.WRITE:
+            self._rearm_deadline()
         self._wake_drain_waiters()
+        if self.active is None and self.queue and self.stage < _CLOSING:
+            self._run_queue()  # requests held back while the client did not read
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.stage >= _CLOSING:
             return
         if self.upgrade_to is _MAYBE_PRIOR_KNOWLEDGE:
             self.upgrade_to = None
@@ -268,12 +390,14 @@ class HTTP11Connection(asyncio.Protocol):
             self.parser.feed(data)
         except ProtocolError as exc:
             self._on_protocol_error(exc)
-        if self.closing:  # set by the parser's callbacks: mypy cannot know
-            return  # type: ignore[unreachable]  # an error closed us, or a WebSocket took over
+        stage = self.stage
+        if stage >= _CLOSING:
+            return  # an error closed us, or a WebSocket took over
         if self.active is None:
             if self.queue:
-                self._run_queue()
-            elif self.parser.in_head and self.deadline_kind != _Deadline.HEAD:
+                self._run_queue()  # which stops reading if some must wait (writing paused)
+            elif stage == _IDLE and self.parser.in_head:
+                self._enter(_HEAD)
                 self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         elif self.queue and not self.reading_paused:
             # Pipelined requests are waiting: stop reading until they have been served.
@@ -308,8 +432,7 @@ class HTTP11Connection(asyncio.Protocol):
         if (
             files is not None
             # _idle() and no cork, inlined: this runs for every request.
-            and self.active is None
-            and not self.answering
+            and self.stage <= _HEAD
             and not self.queue
             and self.cork is None
             and head.method == "GET"
@@ -377,7 +500,7 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _release(self) -> None:
         """This object is done with the transport: another protocol takes it over."""
-        self.closing = True
+        self._enter(_UPGRADED)
         self.deadline = 0.0
         self.upgrade_to = None
         self.state.connections.discard(self)
@@ -396,23 +519,44 @@ class HTTP11Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         parsing = self.parsing
-        if parsing is None or self.discarding:
+        if self.stage == _DISCARDING:
+            # The app answered without reading all of it: dropped, up to a bound.
+            self.discarded += len(data)
+            if self.discarded > self.state.limit_discard_body:
+                self._close()
+            return
+        if parsing is None:
             return
         if parsing.feed_body(data) and parsing is self.active:
-            self.body_paused = True
+            # The app's buffer is full (HTTPCycle.reading_paused): wait for it to read.
             self._pause_reading()
+            if self.deadline_kind == _Deadline.BODY:
+                self._rearm_deadline()  # the app is slow, not the client
+        elif self.deadline_kind == _Deadline.BODY:
+            progress = self.body_progress + len(data)
+            if progress >= BODY_PROGRESS:
+                progress = 0
+                self._set_deadline(_Deadline.BODY, self.state.body_timeout)
+            self.body_progress = progress
 
     def on_request_end(self) -> None:
         parsing = self.parsing
         if parsing is not None:
             self.parsing = None
-            if parsing.waiter is None:
+            if parsing.waiters is None:
                 parsing.request_complete = True  # nobody waits: HTTPCycle.end_body, inlined
             else:
                 parsing.end_body()
-        if self.discarding:
-            self.discarding = False
+        stage = self.stage
+        if stage == _RECEIVING and parsing is self.active:
+            self._enter(_RESPONDING)
+            if self.deadline_kind == _Deadline.BODY:
+                self.deadline = 0.0
+                self.deadline_kind = _Deadline.NONE
+        elif stage == _DISCARDING:
+            self._enter(_IDLE)
             self._update_reading()
+            self._rearm_deadline()
 
     # -- running requests ----------------------------------------------------------------------
 
@@ -423,22 +567,36 @@ class HTTP11Connection(asyncio.Protocol):
         if len(queue) > 1 and self.cork is None:
             self.cork = cork = []
         try:
-            while self.active is None and queue and not self.closing and not self.answering:
+            while (
+                self.stage <= _HEAD
+                and queue
+                and not self.writing_paused  # the client is not reading what we wrote
+            ):
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
-                self.deadline = 0.0
-                self.deadline_kind = _Deadline.NONE
+                # IDLE or HEAD (the loop's condition) to RESPONDING or RECEIVING: allowed by
+                # the table; set directly, as every request passes here.
+                if cycle.request_complete:
+                    self.stage = _RESPONDING
+                    self.deadline = 0.0
+                    self.deadline_kind = _Deadline.NONE
+                else:
+                    self.stage = _RECEIVING
+                    self.body_progress = 0
+                    self._set_deadline(_Deadline.BODY, self.state.body_timeout)
                 self._start(cycle)
         finally:
             if cork is not None:
-                if not EAGER_TASKS and self.active is not None and not self.closing:
+                if not EAGER_TASKS and self.active is not None and self.stage < _CLOSING:
                     # The request just started runs at the loop's next turn: keep the cork.
                     self.cork_mark = self.responses_done
                     self.loop.call_soon(self._check_cork)
                 else:
                     self._uncork()
-        if self.reading_paused:
+        if queue:
+            self._pause_reading()
+        elif self.reading_paused:
             self._update_reading()
 
     def _check_cork(self) -> None:
@@ -472,7 +630,7 @@ class HTTP11Connection(asyncio.Protocol):
         state = self.state
         if coro is None:
             if state.access_log is not None:
-                self.started_at = self.loop.time()
+                self.started_at = perf_counter()
             app = state.app
             limit = state.limit_concurrency
             if limit is not None and self._over_limit(limit):
@@ -486,8 +644,27 @@ class HTTP11Connection(asyncio.Protocol):
             tasks.add(task)
 
     def _idle(self) -> bool:
-        """No request in progress or waiting: no active cycle, no queue, no waiting answer."""
-        return self.active is None and not self.queue and not self.answering
+        """No request in progress or waiting (dropping what is left of a body is not one)."""
+        stage = self.stage
+        return (stage <= _HEAD or stage == _DISCARDING) and not self.queue
+
+    def _enter(self, stage: int) -> None:
+        """Move to ``stage``; a move the table does not allow is a bug."""
+        if not ALLOWED[self.stage] >> stage & 1:
+            raise RuntimeError(
+                f"HTTP/1.1 connection: {STAGE_NAMES[self.stage]} -> {STAGE_NAMES[stage]}"
+                " is not an allowed transition"
+            )
+        self.stage = stage
+
+    def _may_read(self) -> bool:
+        """Whether the transport should read now: not once we are done with it, not while
+        pipelined requests wait their turn, not while an app leaves its request body unread
+        (its buffer is full), not after a protocol error."""
+        if self.stage >= _CLOSING or self.queue or self.pending_error is not None:
+            return False
+        active = self.active
+        return not (self.stage == _RECEIVING and active is not None and active.reading_paused)
 
     def _over_limit(self, limit_concurrency: int) -> bool:
         state = self.state
@@ -515,7 +692,7 @@ class HTTP11Connection(asyncio.Protocol):
         if remembered is None:
             return False
         if state.access_log is not None:
-            self.started_at = self.loop.time()
+            self.started_at = perf_counter()
         close = not head.keep_alive or not self.keep_alive or state.draining
         block = remembered.encoded_headers
         if block is None:
@@ -536,7 +713,7 @@ class HTTP11Connection(asyncio.Protocol):
             self.loop.call_soon(_send_answers, state)
             self._send_answer(head, remembered, prefix, close)
         else:
-            self.answering = True
+            self._enter(_ANSWERING)
             self.deadline = 0.0
             self.deadline_kind = _Deadline.NONE
             batch.append((self, head, remembered, prefix, close))
@@ -547,8 +724,7 @@ class HTTP11Connection(asyncio.Protocol):
     ) -> None:
         """Send an answer made by _answer_file, at once or from the batch; then carry on
         with the connection as _on_response_complete does."""
-        self.answering = False
-        if self.closing:
+        if self.stage >= _CLOSING:
             return  # lost while the answer waited
         fd = remembered.fd
         if fd < 0:
@@ -589,6 +765,7 @@ class HTTP11Connection(asyncio.Protocol):
             fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
         cycle = self._cycle_without_body(self._scope_for_log(head))
+        self._enter(_RESPONDING)
         self.active = cycle
         self.active_head = head
         self.deadline = 0.0
@@ -600,6 +777,8 @@ class HTTP11Connection(asyncio.Protocol):
         waited in the batch (pipelined requests queued behind it, a protocol error, a graceful
         shutdown), else the deadline for the next request. _on_response_complete does the same
         for a cycle, inline (every app response passes there) and with the cycle's own cases."""
+        if self.stage != _IDLE:
+            self._enter(_IDLE)  # from ANSWERING, or HEAD when answered at once
         pending_error = self.pending_error
         draining = self.state.draining
         if self.queue and self.keep_alive and not draining:
@@ -612,6 +791,7 @@ class HTTP11Connection(asyncio.Protocol):
             # Idle: the deadline for the next request (its head, if part of it is here).
             state = self.state
             if self.parser.in_head:
+                self._enter(_HEAD)
                 self._set_deadline(_Deadline.HEAD, state.head_timeout)
             else:
                 self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
@@ -621,6 +801,8 @@ class HTTP11Connection(asyncio.Protocol):
     def _answer_with_app(self, head: RequestHead) -> None:
         """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
         ahead of any pipelined behind it."""
+        if self.stage == _ANSWERING:
+            self._enter(_IDLE)
         self.queue.appendleft((self._cycle_without_body(self._scope_of(head)), head))
         self._run_queue()
 
@@ -667,7 +849,7 @@ class HTTP11Connection(asyncio.Protocol):
             access_log(
                 cycle.scope, cycle.status, cycle.bytes_sent, self.started_at, cycle.response_headers
             )
-        if self.closing:
+        if self.stage >= _CLOSING:
             return
         pending_error = self.pending_error
         if pending_error is not None and not self.queue:
@@ -682,18 +864,26 @@ class HTTP11Connection(asyncio.Protocol):
             and cycle.phase is Phase.DONE
             and not cycle.disconnected
         )
+        discarding = False
         if keep_alive and not cycle.request_complete:
             if cycle.expect_continue and not cycle.continue_sent:
                 # RFC 9110 section 10.1.1: we answered without asking for the body, so we
                 # cannot tell whether the client will send it: start afresh.
                 keep_alive = False
             else:
-                # The app did not read the whole body: read and drop the rest, then go on.
-                self.discarding = True
+                # The app did not read the whole body: read and drop the rest at full speed
+                # (reading resumes below), then go on.
+                self._enter(_DISCARDING)
+                self.discarded = 0
                 cycle.chunks.clear()
+                discarding = True
         if not keep_alive:
             self._close()
             return
+        if not discarding:
+            # RECEIVING or RESPONDING (the cycle was active) to IDLE: allowed by the table;
+            # set directly, as every response passes here.
+            self.stage = _IDLE
         if self.queue:
             if not EAGER_TASKS:
                 self._run_queue()  # the next task starts at the loop's next turn anyway
@@ -706,7 +896,11 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if self.parser.in_head:
+        if discarding:
+            self.body_progress = 0
+            self._set_deadline(_Deadline.BODY, self.state.body_timeout)
+        elif self.parser.in_head:
+            self._enter(_HEAD)
             self._set_deadline(_Deadline.HEAD, self.state.head_timeout)
         else:
             self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
@@ -714,7 +908,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._update_reading()
 
     def _run_queue_soon(self) -> None:
-        if self.active is None and self.queue:
+        if self.active is None and self.queue and self.stage < _CLOSING:
             self._run_queue()
 
     # -- ResponseSink --------------------------------------------------------------------------
@@ -728,21 +922,26 @@ class HTTP11Connection(asyncio.Protocol):
         close = not head.keep_alive or not self.keep_alive or self.state.draining
         http10 = head.http_version == "1.0"
         default_headers = self.state.default_headers
+        headers = cycle.response_headers
         app_chunked = False
         flags = cycle.header_flags
         if flags:
-            close, app_chunked, default_headers = self._app_framing(cycle, close, default_headers)
+            close, app_chunked, default_headers, headers = self._app_framing(
+                cycle, close, default_headers
+            )
         chunked = False
         if not cycle.body_allowed or cycle.content_length is not None:
             framing = b""
-        elif not more_body:
+        elif not more_body and not (app_chunked and not http10):
             framing = b"content-length: %d\r\n" % len(body)
         elif http10:
             framing = b""  # close-delimited (RFC 9112 section 6.3, rule 8)
             close = True
         else:
+            # Also when the app asked for chunked itself: its header was taken out, so that
+            # there is exactly one, ours, and the body is framed to match it.
             chunked = True
-            framing = b"" if app_chunked else b"transfer-encoding: chunked\r\n"
+            framing = b"transfer-encoding: chunked\r\n"
         # end_of_head(), inlined: every response passes here.
         if close:
             framing += b"connection: close\r\n\r\n"
@@ -757,20 +956,20 @@ class HTTP11Connection(asyncio.Protocol):
                 body = encode_chunk(body)
             if not more_body:
                 body += LAST_CHUNK
-        self._write(
-            encode_response_head(
-                cycle.status, cycle.response_headers, default_headers, framing, body
-            )
-        )
+        self._write(encode_response_head(cycle.status, headers, default_headers, framing, body))
 
     def _app_framing(
         self, cycle: HTTPCycle, close: bool, default_headers: bytes
-    ) -> tuple[bool, bool, bytes]:
-        """The slow path for responses that set hop-by-hop or default headers themselves."""
+    ) -> tuple[bool, bool, bytes, list[tuple[bytes, bytes]]]:
+        """The slow path for responses that set hop-by-hop or default headers themselves.
+        Returns the headers to send: without the app's ``transfer-encoding``, since framing
+        is the server's (RFC 9112 section 6.1: a response never carries both it and
+        Content-Length, and none goes to an HTTP/1.0 client)."""
         app_chunked = False
         flags = cycle.header_flags
+        headers = cycle.response_headers
         if flags & (HEADER_CONNECTION | HEADER_TRANSFER_ENCODING):
-            for name, value in cycle.response_headers:
+            for name, value in headers:
                 lowered = name.lower()
                 if lowered == b"connection" and b"close" in value.lower():
                     close = True
@@ -778,6 +977,8 @@ class HTTP11Connection(asyncio.Protocol):
                     if value.lower().strip() != b"chunked" or cycle.content_length is not None:
                         raise ValueError(f"Unsupported response Transfer-Encoding {value!r}")
                     app_chunked = True
+            if app_chunked:
+                headers = [item for item in headers if item[0].lower() != b"transfer-encoding"]
         if flags & (HEADER_SERVER | HEADER_DATE):
             # The app's own server/date headers replace ours.
             skip = tuple(
@@ -790,7 +991,7 @@ class HTTP11Connection(asyncio.Protocol):
                 for line in default_headers.split(b"\r\n")
                 if line and not line.lower().startswith(skip)
             )
-        return close, app_chunked, default_headers
+        return close, app_chunked, default_headers, headers
 
     def send_body(self, body: bytes, more_body: bool) -> None:
         if self.response_chunked:
@@ -814,7 +1015,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._write(encode_trailers(headers))
 
     async def drain(self) -> None:
-        if not self.writing_paused or self.closing:
+        if not self.writing_paused or self.stage >= _CLOSING:
             return
         waiter = self.loop.create_future()
         self.drain_waiters.append(waiter)
@@ -832,7 +1033,7 @@ class HTTP11Connection(asyncio.Protocol):
         # as it can go: a small file is handed to the kernel at once, and only a file that must
         # wait for the socket costs a coroutine.
         transport = self.transport
-        if transport is None or self.closing:
+        if transport is None or self.stage >= _CLOSING:
             return None
         cork = self.cork
         if cycle is not None:
@@ -892,9 +1093,9 @@ class HTTP11Connection(asyncio.Protocol):
             active.disconnect()
 
     def resume_body(self) -> None:
-        if self.body_paused:
-            self.body_paused = False
+        if self.stage == _RECEIVING:
             self._update_reading()
+            self._rearm_deadline()
 
     def abort(self) -> None:
         self.keep_alive = False
@@ -910,7 +1111,7 @@ class HTTP11Connection(asyncio.Protocol):
             if self.cork_bytes > CORK_LIMIT:
                 # A long response inside a burst: write now so that flow control sees it.
                 self._flush_cork()
-        elif self.transport is not None and not self.closing:
+        elif self.transport is not None and self.stage < _CLOSING:
             self.transport.write(data)
 
     def _wake_drain_waiters(self) -> None:
@@ -922,15 +1123,51 @@ class HTTP11Connection(asyncio.Protocol):
                     waiter.set_result(None)
 
     def _set_deadline(self, kind: int, timeout: float) -> None:
+        if self.writing_paused and kind != _Deadline.WRITE:
+            return  # the write deadline holds until writing resumes (_rearm_deadline)
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+        self.deadline = self.state.clock() + timeout if timeout > 0 else 0.0
+
+    def _rearm_deadline(self) -> None:
+        """The deadline for where the connection stands, after writing resumed or the app
+        took up (or stopped) reading the body."""
+        self.deadline = 0.0
+        self.deadline_kind = _Deadline.NONE
+        stage = self.stage
+        if stage >= _CLOSING:
+            return
+        state = self.state
+        if self.writing_paused:
+            self._set_deadline(_Deadline.WRITE, state.write_timeout)
+        elif stage == _DISCARDING or (stage == _RECEIVING and self._may_read()):
+            self.body_progress = 0
+            self._set_deadline(_Deadline.BODY, state.body_timeout)
+        elif self._idle():
+            if self.parser.in_head:
+                self._set_deadline(_Deadline.HEAD, state.head_timeout)
+            else:
+                self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
 
     def on_deadline(self) -> None:
         """Called by the server's sweep when ``deadline`` has passed."""
         kind = self.deadline_kind
         self.deadline = 0.0
         self.deadline_kind = _Deadline.NONE
-        if self.closing or self.active is not None or self.answering:
+        if self.stage >= _CLOSING:
+            return
+        if kind == _Deadline.WRITE:
+            logger.debug("Dropping a connection whose client stopped reading")
+            self._file_lost()  # the same end: the response cannot be delivered
+            return
+        if kind == _Deadline.BODY:
+            if self.stage == _DISCARDING:
+                self._close()
+            else:
+                self._on_protocol_error(
+                    ProtocolError("request body not received in time", HTTPStatus.REQUEST_TIMEOUT)
+                )
+            return
+        if self.stage > _HEAD:
             return
         if kind == _Deadline.HEAD:
             self._send_error(
@@ -940,19 +1177,13 @@ class HTTP11Connection(asyncio.Protocol):
             self._close()
 
     def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closing:
+        if not self.reading_paused and self.transport is not None and self.stage < _CLOSING:
             self.reading_paused = True
             self.transport.pause_reading()
 
     def _update_reading(self) -> None:
-        """Read while no pipelined request waits and the app keeps up with the body."""
-        if (
-            self.reading_paused
-            and not self.queue
-            and not self.body_paused
-            and not self.closing
-            and self.pending_error is None
-        ):
+        """Resume reading if it is paused and nothing holds it any more (_may_read)."""
+        if self.reading_paused and self._may_read():
             self.reading_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
@@ -987,9 +1218,9 @@ class HTTP11Connection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        if self.closing:
+        if self.stage >= _CLOSING:
             return
-        self.closing = True
+        self._enter(_CLOSING)
         self.deadline = 0.0
         transport = self.transport
         if transport is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from h2 import events as h2events
@@ -41,6 +42,8 @@ from asgiserve.asgi.http import (
 from asgiserve.asgi.scope import http_scope
 from asgiserve.protocols.http2 import (
     CONNECTION_PREFACE,
+    FrameGuard,
+    H2Request,
     ResetBudget,
     StreamError,
     goaway_frame,
@@ -54,15 +57,16 @@ from asgiserve.transport.state import start_task
 if TYPE_CHECKING:
     from asgiserve.asgi.scope import ConnectionInfo
     from asgiserve.protocols.http11 import RequestHead
+    from asgiserve.transport.http2_websocket import H2WebSocketStream
     from asgiserve.transport.state import ServerState
 
 logger = logging.getLogger("asgiserve.error")
 
-__all__ = ["H2Settings", "HTTP2Connection"]
+__all__ = ["HOP_BY_HOP", "H2Settings", "HTTP2Connection", "lower_names"]
 
 # Extra connection-level receive window granted at start (the initial one is 64 KiB - 1).
 _CONNECTION_WINDOW = 1024 * 1024
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 
@@ -102,13 +106,16 @@ class H2Stream:
         "stream_id",
         "unacked",
         "waiters",
+        "websocket",
     )
 
     def __init__(self, connection: HTTP2Connection, stream_id: int) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.cycle: HTTPCycle | None = None
-        self.started_at = connection.loop.time()
+        #: Set instead of ``cycle`` when the stream carries a WebSocket (RFC 8441).
+        self.websocket: H2WebSocketStream | None = None
+        self.started_at = perf_counter()
         #: Response bytes waiting for the peer's flow-control window, and whether the stream
         #: ends after them.
         self.pending = b""
@@ -129,7 +136,7 @@ class H2Stream:
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.connection.send_headers(
-            self.stream_id, [(b":status", b"%d" % status), *_lower(headers)], end_stream=False
+            self.stream_id, [(b":status", b"%d" % status), *lower_names(headers)], end_stream=False
         )
 
     def send_head(self, cycle: HTTPCycle, body: bytes, more_body: bool) -> None:
@@ -146,9 +153,9 @@ class H2Stream:
         app_headers = cycle.response_headers
         if flags & (HEADER_CONNECTION | HEADER_TRANSFER_ENCODING):
             # Hop-by-hop headers have no meaning in HTTP/2 (RFC 9113 section 8.2.2).
-            headers += [(n, v) for n, v in _lower(app_headers) if n not in _HOP_BY_HOP]
+            headers += [(n, v) for n, v in lower_names(app_headers) if n not in HOP_BY_HOP]
         else:
-            headers += _lower(app_headers)
+            headers += lower_names(app_headers)
         if cycle.content_length is None and not more_body and cycle.body_allowed:
             headers.append((b"content-length", b"%d" % len(body)))
         end_now = not more_body and not body
@@ -167,9 +174,9 @@ class H2Stream:
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self.pending:
             self.pending_end = False
-            self.connection.queue_trailers(self, list(_lower(headers)))
+            self.connection.queue_trailers(self, list(lower_names(headers)))
             return
-        self.connection.send_headers(self.stream_id, list(_lower(headers)), end_stream=True)
+        self.connection.send_headers(self.stream_id, list(lower_names(headers)), end_stream=True)
         self.ended = True
         self.connection.flush()
 
@@ -243,6 +250,8 @@ class H2Stream:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self.websocket is not None:
+            self.websocket.drained()
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -252,7 +261,7 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _lower(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def lower_names(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(n.lower(), v) for n, v in headers]
 
 
@@ -269,12 +278,16 @@ class HTTP2Connection(asyncio.Protocol):
         self.loop = state.loop
         self.transport: asyncio.Transport | None = transport
         self.info = info
+        #: RFC 8441: WebSockets over HTTP/2 whenever the server runs WebSockets.
+        self.websockets = state.websocket is not None
         self.h2 = new_connection(
             max_concurrent_streams=settings.max_concurrent_streams,
             max_header_list_size=settings.max_header_list_size,
             initial_window_size=settings.initial_window_size,
+            enable_connect_protocol=self.websockets,
         )
         self.streams: dict[int, H2Stream] = {}
+        self.guard = FrameGuard(max_header_list_size=settings.max_header_list_size)
         self.resets = ResetBudget(settings.max_resets)
         self.writing_paused = False
         self.reading_paused = False
@@ -300,6 +313,7 @@ class HTTP2Connection(asyncio.Protocol):
             h2,
             initial_window_size=self.settings.initial_window_size,
             max_header_list_size=self.settings.max_header_list_size,
+            enable_connect_protocol=self.websockets,
         )
         h2.increment_flow_control_window(_CONNECTION_WINDOW)
         self.flush()
@@ -322,6 +336,11 @@ class HTTP2Connection(asyncio.Protocol):
             if data[:24] == CONNECTION_PREFACE and len(data) > 27 and data[27] != 0x4:
                 self._fail(ErrorCodes.PROTOCOL_ERROR)
                 return
+        code = self.guard.feed(data)
+        if code is not None:
+            logger.debug("HTTP/2 connection error %d found by the frame guard", code)
+            self._fail(code)
+            return
         try:
             events = self.h2.receive_data(data)
         except (ProtocolError, FrameTooLargeError, FlowControlError, StreamClosedError) as exc:
@@ -350,6 +369,9 @@ class HTTP2Connection(asyncio.Protocol):
             self._on_request(event)
         elif kind is h2events.DataReceived:
             stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.websocket is not None:
+                stream.websocket.data_received(event.data, event.flow_controlled_length)
+                return
             if stream is None or stream.cycle is None:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return
@@ -361,6 +383,8 @@ class HTTP2Connection(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.cycle is not None:
                 stream.cycle.end_body()
+            elif stream is not None and stream.websocket is not None:
+                stream.websocket.eof_received()
         elif kind is h2events.StreamReset:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
@@ -368,6 +392,8 @@ class HTTP2Connection(asyncio.Protocol):
                 stream.pending = b""
                 if stream.cycle is not None:
                     stream.cycle.disconnect()
+                if stream.websocket is not None:
+                    stream.websocket.connection_lost()
                 stream.wake()
                 if self.resets.spend(self.loop.time()):
                     self._enhance_your_calm()
@@ -391,10 +417,13 @@ class HTTP2Connection(asyncio.Protocol):
                 self._enhance_your_calm()
             return
         try:
-            request = parse_request(event.headers)
+            request = parse_request(event.headers, connect_protocol=self.websockets)
         except StreamError as exc:
             logger.debug("HTTP/2 stream %d reset: %s", stream_id, exc.reason)
             self.h2.reset_stream(stream_id, exc.code)
+            return
+        if request.protocol is not None:
+            self._start_websocket(stream_id, request)
             return
         ended = event.stream_ended is not None
         self._start_stream(
@@ -437,6 +466,29 @@ class HTTP2Connection(asyncio.Protocol):
         limit = state.limit_max_requests
         if limit is not None and state.total_requests >= limit and state.on_max_requests:
             state.on_max_requests()
+
+    def _start_websocket(self, stream_id: int, request: H2Request) -> None:
+        """RFC 8441: the stream carries a WebSocket, run as over HTTP/1.1."""
+        from asgiserve.transport.http2_websocket import H2WebSocketStream
+        from asgiserve.transport.websocket import WebSocketConnection
+
+        settings = self.state.websocket
+        assert settings is not None  # SETTINGS_ENABLE_CONNECT_PROTOCOL is only sent then
+        self.state.total_requests += 1
+        stream = H2Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        self.deadline = 0.0
+        carrier = stream.websocket = H2WebSocketStream(self, stream)
+        websocket = carrier.protocol = WebSocketConnection(
+            self.state, settings, carrier, responder=carrier
+        )
+        websocket.start_request(request.path, request.query, request.headers, self.info, http2=True)
+
+    def forget(self, stream: H2Stream) -> None:
+        """A WebSocket stream is over on our side: it no longer counts as in flight."""
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            self._idle_check()
 
     def _on_complete(self, cycle: HTTPCycle) -> None:
         sink = cycle.sink
@@ -550,10 +602,13 @@ class HTTP2Connection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.deadline = 0.0
-        for stream in self.streams.values():
+        # A copy: each stream's completion removes it from the dict.
+        for stream in list(self.streams.values()):
             stream.ended = True
             if stream.cycle is not None:
                 stream.cycle.disconnect()
+            if stream.websocket is not None:
+                stream.websocket.connection_lost()
             stream.wake()
         self.streams.clear()
 

@@ -180,7 +180,9 @@ class SocketFileSender:
             return -1
         if prefix:
             sent = 0
-            if self.family >= 0 and not transport.get_write_buffer_size():
+            # Not for an empty body: with nothing to follow it, a MSG_MORE head would wait
+            # in the kernel for the cork timer (200 ms on Linux).
+            if self.family >= 0 and count > 0 and not transport.get_write_buffer_size():
                 # Used only in this synchronous step, in which is_closing() said the
                 # descriptor is still the transport's. The C type: socket.socket's Python
                 # layer costs three times as much and is not needed.
@@ -189,6 +191,9 @@ class SocketFileSender:
                     sock = self.sock = _socket.socket(
                         self.family, socket.SOCK_STREAM, 0, self.sock_fd
                     )
+                    # A new socket object takes socket.getdefaulttimeout(): with one set, a
+                    # send on a full buffer would wait for it with the event loop stopped.
+                    sock.setblocking(False)
                 try:
                     sent = sock.send(prefix, _MSG_MORE)
                 except (BlockingIOError, InterruptedError):

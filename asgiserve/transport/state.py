@@ -9,15 +9,22 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from asgiserve.apps.static import RememberedFile
     from asgiserve.asgi.types import ASGIApp, Scope
     from asgiserve.logging import AccessLog
-    from asgiserve.protocols.http11 import RequestSink
+    from asgiserve.protocols.http11 import RequestHead, RequestSink
+    from asgiserve.transport.connection import HTTP11Connection
     from asgiserve.transport.http2 import H2Settings
     from asgiserve.transport.tls import TLSInfo
     from asgiserve.transport.websocket import WebSocketSettings
 
-__all__ = ["EAGER_TASKS", "RememberedFiles", "RequestParser", "ServerState", "start_task"]
+__all__ = [
+    "EAGER_TASKS",
+    "RememberedFile",
+    "RememberedFiles",
+    "RequestParser",
+    "ServerState",
+    "start_task",
+]
 
 
 class RequestParser(Protocol):
@@ -66,6 +73,25 @@ else:
         return context.run(loop.create_task, coro)
 
 
+class RememberedFile(Protocol):
+    """A file the server answers itself (``--static``, ``--mount``), as the transport sees it;
+    a server-side component fills it in (``apps/static.py``), so that the transport imports
+    nothing from the apps."""
+
+    #: An open descriptor, lent for the call; -1 once let go (the app answers instead).
+    fd: int
+    size: int
+    #: The 200 response's headers, and their wire form (made by the server on first use).
+    headers: tuple[tuple[bytes, bytes], ...]
+    encoded_headers: bytes | None
+
+
+if TYPE_CHECKING:
+    #: An answer waiting for the end of the loop's turn (``ServerState.answer_batch``): the
+    #: connection, the request, the file, the response head, and whether to close after it.
+    PendingAnswer = tuple[HTTP11Connection, RequestHead, RememberedFile, bytes, bool]
+
+
 class RememberedFiles(Protocol):
     """``StaticFiles.borrow_remembered`` (apps/static.py), or the same through ``Mounts``."""
 
@@ -85,6 +111,8 @@ class ServerState:
         parser_factory: ParserFactory,
         keep_alive_timeout: float,
         head_timeout: float,
+        body_timeout: float = 30.0,
+        write_timeout: float = 60.0,
         root_path: str = "",
         lifespan_state: dict[str, Any] | None = None,
         access_log: AccessLog | None = None,
@@ -95,14 +123,23 @@ class ServerState:
         http2: H2Settings | None = None,
         tls: TLSInfo | None = None,
         limit_request_body: int | None = None,
+        limit_discard_body: int = 1024 * 1024,
         files: RememberedFiles | None = None,
         rewrite_scope: Callable[[Scope], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.app = app
         self.loop = loop
+        #: Seconds, monotonic: what deadlines are measured with (the loop's clock; a test
+        #: may give its own to drive the timeouts without waiting).
+        self.clock: Callable[[], float] = loop.time if clock is None else clock
         self.parser_factory = parser_factory
         self.keep_alive_timeout = keep_alive_timeout
         self.head_timeout = head_timeout
+        #: A request body being read must make progress (BODY_PROGRESS bytes) this often.
+        self.body_timeout = body_timeout
+        #: A client that does not read must let writing resume within this many seconds.
+        self.write_timeout = write_timeout
         self.root_path = root_path
         self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
         self.access_log = access_log
@@ -117,6 +154,9 @@ class ServerState:
         self.tls = tls
         #: Largest request body in bytes (413 beyond); None: no limit.
         self.limit_request_body = limit_request_body
+        #: Bytes of a body the app left unread that are read and dropped after its response
+        #: to keep the connection; beyond, it closes.
+        self.limit_discard_body = limit_discard_body
         #: The files the server serves itself (``--static``, ``--mount``): a plain GET of a
         #: file served before is answered without running the app (transport/connection.py).
         self.files = files
@@ -125,8 +165,8 @@ class ServerState:
         self.rewrite_scope = rewrite_scope
         #: Answers to ``files`` requests waiting for the end of this turn of the loop, to be
         #: sent together (transport/connection.py, ``_answer_file``); None while no turn is
-        #: collecting them. Items: (connection, head, file, response head, close).
-        self.answer_batch: list[tuple[Any, ...]] | None = None
+        #: collecting them.
+        self.answer_batch: list[PendingAnswer] | None = None
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()
@@ -137,7 +177,7 @@ class ServerState:
 
     def sweep_timeouts(self) -> None:
         """Close connections whose keep-alive or request-head deadline passed (once a second)."""
-        now = self.loop.time()
+        now = self.clock()
         for connection in list(self.connections):
             deadline = connection.deadline
             if deadline and now >= deadline:

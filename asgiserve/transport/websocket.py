@@ -1,4 +1,4 @@
-"""The asyncio side of a WebSocket connection, after the HTTP/1.1 upgrade.
+"""The asyncio side of a WebSocket connection, after the HTTP/1.1 upgrade or on an HTTP/2 stream.
 
 Theory of operation
 -------------------
@@ -8,7 +8,14 @@ after it. We check the handshake with the sans-I/O core; a bad one gets its HTTP
 the app ever running. Otherwise the app runs with a :class:`~asgiserve.asgi.websocket.
 WebSocketCycle` and we are its sink: the 101 response goes out when the app accepts, messages
 go through the core both ways, and reading pauses while the app is ``max_queue`` messages
-behind. Keep-alive pings and the closing-handshake timeout are deadlines checked by the
+behind. Bytes that arrive before the app has accepted (a client must wait for the 101, RFC 6455
+section 4.1, but may not) are held, with reading paused, and read after the 101 is written: the
+core never answers, or fails, a connection the app has not accepted, and a denied one never
+reads them.
+
+Over HTTP/2 (RFC 8441) the same class runs on one stream: its "transport" is then a
+:class:`ByteStream` that carries the bytes in DATA frames, and a :class:`HandshakeResponder`
+writes the handshake's answer as HEADERS (200 instead of 101). Keep-alive pings and the closing-handshake timeout are deadlines checked by the
 server's once-a-second sweep, like HTTP timeouts.
 
 Messages the app sends are written once per event-loop iteration (``call_soon``), so an app
@@ -23,7 +30,8 @@ import asyncio
 import contextvars
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asgiserve.asgi.scope import ConnectionInfo, websocket_scope
 from asgiserve.asgi.websocket import WebSocketCycle, WSPhase
@@ -37,10 +45,28 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgiserve.error")
 
-__all__ = ["WebSocketConnection", "WebSocketSettings"]
+__all__ = ["ByteStream", "HandshakeResponder", "WebSocketConnection", "WebSocketSettings"]
 
 #: Unwritten message bytes past which send_message writes now instead of at the loop's turn.
 _FLUSH_AT = 64 * 1024
+
+
+class ByteStream(Protocol):
+    """Where a WebSocket's bytes go: an asyncio transport, or an HTTP/2 stream."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class HandshakeResponder(Protocol):
+    """Answers the handshake where the answer is not HTTP/1.1 bytes on the byte stream."""
+
+    def accept_response(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def http_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a whole response, then end the byte stream."""
 
 
 class WebSocketSettings:
@@ -86,12 +112,14 @@ class WebSocketConnection(asyncio.Protocol):
         "cycle",
         "deadline",
         "drain_waiters",
+        "early",
+        "failure",
         "flush_scheduled",
         "handshake_headers",
         "loop",
-        "pending_out",
         "pongs_seen",
         "reading_paused",
+        "responder",
         "settings",
         "started_at",
         "state",
@@ -102,40 +130,64 @@ class WebSocketConnection(asyncio.Protocol):
     )
 
     def __init__(
-        self, state: ServerState, settings: WebSocketSettings, transport: asyncio.Transport
+        self,
+        state: ServerState,
+        settings: WebSocketSettings,
+        transport: ByteStream,
+        responder: HandshakeResponder | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
         self.loop = state.loop
-        self.transport: asyncio.Transport | None = transport
+        self.transport: ByteStream | None = transport
+        #: None: HTTP/1.1, the handshake's answer is written on the transport.
+        self.responder = responder
         self.core = WebSocketCore(
             max_size=settings.max_size, per_message_deflate=settings.per_message_deflate
         )
         self.cycle: WebSocketCycle | None = None
         self.handshake_headers: list[tuple[str, str]] = []
-        #: Frames the core produced before the app accepted (pongs, say): held until the 101.
-        self.pending_out: list[bytes] = []
+        #: Bytes received before the app accepted, read after the 101; None once accepted.
+        self.early: bytearray | None = bytearray()
+        #: A failure whose close waits for the app to answer earlier messages (see _closed).
+        self.failure: WebSocketClosed | None = None
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.deadline = 0.0
         self.timer = _Timer.NONE
         self.pongs_seen = 0
-        self.started_at = self.loop.time()
+        self.started_at = perf_counter()
         self.flush_scheduled = False
         self.unflushed = 0
 
     def start(self, head: RequestHead, info: ConnectionInfo, trailing: bytes) -> None:
         """Check the handshake and start the app; called right after the protocol switch."""
-        target = head.path + (b"?" + head.query if head.query else b"")
-        handshake = self.core.handshake(target.decode("latin-1"), head.headers)
+        self.start_request(head.path, head.query, head.headers, info, trailing)
+
+    def start_request(
+        self,
+        path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        info: ConnectionInfo,
+        trailing: bytes = b"",
+        *,
+        http2: bool = False,
+    ) -> None:
+        """Check the handshake (an HTTP/1.1 upgrade, or with ``http2`` an extended CONNECT)
+        and start the app."""
+        target = path + (b"?" + query if query else b"")
+        handshake = self.core.handshake(target.decode("latin-1"), headers, extended_connect=http2)
         if not handshake.accepted:
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handshake.headers]
-            self._write_http_response(handshake.status, headers, handshake.body)
+            refusal = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in handshake.headers]
+            self._write_http_response(handshake.status, refusal, handshake.body)
             return
         self.handshake_headers = handshake.headers
         self.state.connections.add(self)
-        scope = websocket_scope(info, head.path, head.query, head.headers)
+        scope = websocket_scope(info, path, query, headers)
+        if http2:
+            scope["http_version"] = "2"
         cycle = self.cycle = WebSocketCycle(scope, self, max_queue=self.settings.max_queue)
         task = start_task(self.loop, cycle.run(self.state.app), contextvars.copy_context())
         if not task.done():
@@ -151,6 +203,13 @@ class WebSocketConnection(asyncio.Protocol):
         cycle = self.cycle
         if cycle is None:
             return
+        early = self.early
+        if early is not None:
+            early += data
+            if not self.reading_paused and self.transport is not None:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            return
         for event in self.core.receive_data(data):
             if type(event) is Message:
                 message: dict[str, Any]
@@ -162,12 +221,34 @@ class WebSocketConnection(asyncio.Protocol):
                     self.reading_paused = True
                     self.transport.pause_reading()
             elif type(event) is WebSocketClosed:
-                cycle.disconnect(event.code, event.reason)
+                self._closed(cycle, event)
         if self.core.pongs_seen != self.pongs_seen:
             self.pongs_seen = self.core.pongs_seen
             if self.timer == _Timer.PONG:
                 self._schedule_ping()
         self._flush()
+
+    def _closed(self, cycle: WebSocketCycle, event: WebSocketClosed) -> None:
+        if event.failed and cycle.defer_close() and self.core.defer_failure():
+            # The peer's bytes failed the connection after valid messages the app has yet to
+            # answer: it answers them, then the close goes out (Autobahn 3.2-5.15 expect the
+            # echo of the message before the bad frame). Bounded by the close timeout.
+            self.failure = event
+            self._set_timer(_Timer.CLOSE, self.settings.close_timeout)
+            return
+        cycle.close_pending = False
+        cycle.disconnect(event.code, event.reason)
+
+    def messages_answered(self) -> None:
+        """The app asked for a message after answering those before a failure: close now."""
+        failure = self.failure
+        if failure is None:
+            return
+        self.failure = None
+        self.core.release_failure()
+        self._flush()
+        if self.cycle is not None:
+            self.cycle.disconnect(failure.code, failure.reason)
 
     def eof_received(self) -> bool | None:
         for event in self.core.receive_eof():
@@ -180,7 +261,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = None
         self.deadline = 0.0
         if self.cycle is not None:
-            closed = self.core.closed()
+            closed = self.failure or self.core.closed()
+            self.failure = None
             self.cycle.disconnect(*(closed.code, closed.reason) if closed else (1006, ""))
         for waiter in self.drain_waiters:
             if not waiter.done():
@@ -208,14 +290,18 @@ class WebSocketConnection(asyncio.Protocol):
         if subprotocol:
             response_headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
         response_headers.extend(headers)
-        head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
-        self.transport.write(head)
-        self._log(101, 0, response_headers)
-        if self.pending_out:
-            self.transport.write(b"".join(self.pending_out))
-            self.pending_out.clear()
+        if self.responder is not None:
+            self.responder.accept_response(response_headers)
+            self._log(200, 0, response_headers)
+        else:
+            head = encode_response_head(101, response_headers, self.state.default_headers, b"\r\n")
+            self.transport.write(head)
+            self._log(101, 0, response_headers)
         self._schedule_ping()
-        self._flush()
+        early, self.early = self.early, None
+        if early:
+            self.resume_reading()
+            self.data_received(bytes(early))
 
     def deny(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self._write_http_response(status, headers, body)
@@ -230,7 +316,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def send_message(self, text: str | None, data: bytes | None) -> None:
         core = self.core
-        if not core.open:
+        if not core.sending:
             return
         if text is not None:
             core.send_text(text)
@@ -251,6 +337,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._flush()
 
     def close(self, code: int, reason: str) -> None:
+        if self.failure is not None:
+            self.messages_answered()  # the failure's close, not the app's, goes out
+            return
         self.core.send_close(code, reason)
         self._flush()
         if self.transport is not None and self.timer != _Timer.CLOSE:
@@ -277,11 +366,7 @@ class WebSocketConnection(asyncio.Protocol):
         if transport is None:
             return
         if data:
-            cycle = self.cycle
-            if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
-                self.pending_out.append(data)  # not accepted yet: nothing may precede the 101
-            else:
-                transport.write(data)
+            transport.write(data)
         if eof:
             # The closing handshake is complete (or the connection failed): the server closes
             # the TCP connection first (RFC 6455 section 7.1.1).
@@ -292,6 +377,9 @@ class WebSocketConnection(asyncio.Protocol):
     ) -> None:
         transport = self.transport
         if transport is None:
+            return
+        if self.responder is not None:
+            self.responder.http_response(status, headers, body)
             return
         kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"connection")]
         framing = b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
@@ -329,6 +417,9 @@ class WebSocketConnection(asyncio.Protocol):
             self._flush()
             transport.abort()
         elif kind == _Timer.CLOSE:
+            if self.failure is not None:
+                self.messages_answered()  # the app did not come back for more: close now
+                return
             transport.abort()
 
     def shutdown(self) -> None:
@@ -337,5 +428,8 @@ class WebSocketConnection(asyncio.Protocol):
         if cycle is None or cycle.phase is WSPhase.HANDSHAKE or cycle.phase is WSPhase.RESPONSE:
             if self.transport is not None:
                 self.transport.close()
+            return
+        if self.failure is not None:
+            self.messages_answered()
             return
         self.close(1001, "server shutting down")

@@ -104,7 +104,7 @@ def test_bad_app_gives_one_line_and_exit_1(app: str, message: str) -> None:
 def test_bad_option_value_is_a_usage_error() -> None:
     result = run_cli("tests.apps:app", "--port", "70000")
     assert result.returncode == 2
-    assert "port must be between 0 and 65535" in result.stderr
+    assert "--port must be between 0 and 65535" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -386,3 +386,99 @@ def test_limit_max_requests_exits_cleanly_after_n_requests(cli: Any) -> None:
             assert client.get(server.url).status_code == 200
     assert server.wait() == 0
     assert "Maximum request limit of 3" in server.output()
+
+
+# -- help, messages and exit codes -------------------------------------------------------------
+
+HELP_SECTIONS = [
+    "Server:",
+    "HTTP:",
+    "WebSockets:",
+    "HTTP/2:",
+    "TLS:",
+    "Proxies:",
+    "Limits and timeouts:",
+    "Processes:",
+    "Logging:",
+    "Static files:",
+]
+
+
+def test_help_is_grouped_in_sections_with_on_off_defaults() -> None:
+    result = run_cli("--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0
+    text = result.stdout
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert headings[1:] == HELP_SECTIONS  # after "Usage:"
+    sections = dict(zip(HELP_SECTIONS, re.split(r"^\S.*:$", text, flags=re.M)[-10:], strict=True))
+    assert "--ws-per-message-deflate" in sections["WebSockets:"]
+    assert "--timeout-keep-alive" in sections["Limits and timeouts:"]
+    assert "--ssl-certfile" in sections["TLS:"]
+    assert "--static " in sections["Static files:"]
+    assert "--help" in sections["Server:"]
+    flat = " ".join(text.split())
+    assert "--access-log / --no-access-log Log one line per response. [default: on]" in flat
+    assert "[default: off]" in sections["Processes:"]  # --reload
+    assert "[default: ws-per-message-deflate]" not in flat
+    assert "[default: access-log]" not in flat
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--limit-concurrency", "0"], "--limit-concurrency must be a positive number"),
+        (["--timeout-keep-alive", "-1"], "--timeout-keep-alive must be a positive number"),
+        (["--root-path", "api"], "--root-path must start with '/'"),
+        (["--ssl-keyfile-password", "x"], "--ssl-keyfile-password given without --ssl-certfile"),
+        (["--limit-request-line", "9000", "--limit-request-head", "8192"], "--limit-request-line"),
+    ],
+)
+def test_option_errors_name_the_flag_and_exit_2(args: list[str], message: str) -> None:
+    result = run_cli("tests.apps:app", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "_" not in message.split(" ")[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["tests.apps:app", "--ssl-certfile", "missing.pem"], "--ssl-certfile"),
+        (["tests.apps:app", "--env-file", "missing.env"], "--env-file"),
+        (["--static", "missing-folder"], "--static"),
+        (["tests.apps:app", "--mount", "/files=missing-folder"], "--mount"),
+        (["tests.apps:app", "--log-config", "missing.json"], "--log-config"),
+    ],
+)
+def test_missing_files_and_folders_are_bad_options_exit_2(
+    args: list[str], flag: str, tmp_path: Path
+) -> None:
+    result = run_cli(*args, "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert flag in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_web_concurrency_with_reload_is_named_and_ignored(cli: Any, tmp_path: Path) -> None:
+    server = cli(
+        "tests.apps:app", "--reload", "--reload-dir", str(tmp_path), env={"WEB_CONCURRENCY": "4"}
+    )
+    assert httpx.get(server.url).text == "Hello, world!"
+    output = server.output()
+    assert "the 4 workers from WEB_CONCURRENCY=4 are not started" in output
+
+
+def test_workers_option_with_reload_is_still_an_error() -> None:
+    result = run_cli("tests.apps:app", "--reload", "--workers", "2")
+    assert result.returncode == 2
+    assert "--reload runs a single worker" in result.stderr
+
+
+def test_static_mode_has_no_application_startup(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    server = cli("--static", str(tmp_path))
+    assert httpx.get(server.url + "/a.txt").text == "a"
+    server.stop()
+    assert "application startup" not in server.output().lower()
+    assert "application shutdown" not in server.output().lower()

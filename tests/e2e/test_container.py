@@ -57,9 +57,12 @@ def _skip_reason() -> str | None:
     if os.environ.get("ASGISERVE_SKIP_CONTAINER") == "1":
         return "ASGISERVE_SKIP_CONTAINER=1"
     if not TOOL.is_file():
-        return f"container-check not found at {TOOL}"
+        return (
+            "the container-check tool is missing: it is expected in shared/tools/ beside the "
+            "repository (the project's shared tools checkout)"
+        )
     if os.geteuid() != 0:
-        return f"container checks need root (rootful podman); running as uid {os.geteuid()}"
+        return "container checks need root (rootful podman): run the suite as root"
     if shutil.which("podman") is None and shutil.which("apt-get") is None:
         return "podman is not installed and apt-get is not available to install it"
     return None

@@ -446,7 +446,7 @@ def test_parse_bind(address: str, listener: Listener) -> None:
     ["8000", "::1:8000", "host:http", "host:70000", "unix:", "fd://x", "[::1]8000", ":80"],
 )
 def test_bad_bind_is_a_config_error_naming_the_option(address: str) -> None:
-    with pytest.raises(ConfigError, match=r"^bind "):
+    with pytest.raises(ConfigError, match=r"^--bind "):
         Config.from_options(APP, bind=[address])
 
 
@@ -464,13 +464,16 @@ async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"workers": 0}, "workers must be a whole number of at least 1"),
-        ({"reload": True, "workers": 2}, "cannot be combined with workers > 1"),
-        ({"limit_max_requests_jitter": 5}, "limit_max_requests_jitter needs limit_max_requests"),
+        ({"workers": 0}, "--workers must be a whole number of at least 1"),
+        ({"reload": True, "workers": 2}, "cannot be combined with --workers > 1"),
+        (
+            {"limit_max_requests_jitter": 5},
+            "--limit-max-requests-jitter needs --limit-max-requests",
+        ),
         ({"limit_max_requests": 5, "limit_max_requests_jitter": -1}, "whole number >= 0"),
-        ({"limit_worker_memory": 100}, "limit_worker_memory needs workers"),
-        ({"workers": 2, "limit_worker_memory": 0}, "limit_worker_memory must be a positive"),
-        ({"timeout_worker_healthcheck": 0}, "timeout_worker_healthcheck must be a positive"),
+        ({"limit_worker_memory": 100}, "--limit-worker-memory needs --workers"),
+        ({"workers": 2, "limit_worker_memory": 0}, "--limit-worker-memory must be a positive"),
+        ({"timeout_worker_healthcheck": 0}, "--timeout-worker-healthcheck must be a positive"),
     ],
 )
 def test_bad_process_options_are_config_errors(options: dict[str, Any], message: str) -> None:

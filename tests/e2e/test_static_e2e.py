@@ -169,18 +169,18 @@ def test_mount_serves_a_folder_in_front_of_the_app(cli: Any, site: Path) -> None
 
 def test_mount_of_a_missing_folder_exits_with_a_message(tmp_path: Path) -> None:
     result = run_cli("tests.apps:app", "--mount", f"/s={tmp_path / 'nope'}", "--port", "0")
-    assert result.returncode == 1
-    assert "--mount /s=" in result.stderr and "no such folder" in result.stderr
+    assert result.returncode == 2  # a bad option
+    assert "--mount" in result.stderr and "no such folder" in result.stderr
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ((), "Missing argument 'APP'"),
-        (("tests.apps:app", "--static", "."), "give an app or static"),
+        (("tests.apps:app", "--static", "."), "give an app or --static"),
         (("tests.apps:app", "--mount", "static=."), "must start with '/'"),
         (("tests.apps:app", "--mount", "/static"), "expected PREFIX=DIR"),
-        (("--static", ".", "--static-open-files", "-1"), "static_open_files must be"),
+        (("--static", ".", "--static-open-files", "-1"), "--static-open-files must be"),
     ],
 )
 def test_bad_static_options_are_usage_errors(args: tuple[str, ...], message: str) -> None:
@@ -424,3 +424,173 @@ def test_chromium_renders_a_page_served_by_static(site: Path, tmp_path: Path) ->
     paths = {path for path, _ in requests}
     assert {"/page/", "/page/style.css", "/page/app.js", "/page/logo.png"} <= paths
     assert all(status in ("200", "304") for _, status in requests), requests
+
+
+# -- the listing page in a browser (issue 17) -------------------------------------------------------
+
+# name: (size in bytes, modification time): sizes and dates in different orders from names.
+LISTED = {
+    "beta.txt": (3000, 1_700_000_000),
+    "Alpha.txt": (10, 1_400_000_000),
+    "gamma.bin": (500_000, 1_500_000_000),
+    "<b>odd & name<i>.txt": (42, 1_650_000_000),
+}
+
+
+def png_facts(data: bytes) -> tuple[int, int, tuple[int, int, int]]:
+    """Width, height and the top-left pixel's colour of an 8-bit RGB(A) PNG (no imaging
+    library): whatever the row's filter (PNG section 9.2), the first pixel of the first row
+    is stored as is, since everything it would be predicted from is zero."""
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    position, idat, header = 8, b"", b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        tag = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if tag == b"IHDR":
+            header = body
+        elif tag == b"IDAT":
+            idat += body
+        position += 12 + length
+    width, height, depth, colour_type = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and colour_type in (2, 6), (depth, colour_type)
+    pixels = zlib.decompressobj().decompress(idat, 16)
+    red, green, blue = pixels[1:4]
+    return width, height, (red, green, blue)
+
+
+def listed_rows(dom: str) -> list[tuple[str, str]]:
+    """(href, text) of each row's link in a dumped listing, in page order."""
+    return re.findall(r'<td class="name"><a href="([^"]*)">(.*?)</a>', dom)
+
+
+def crumbs(dom: str) -> list[tuple[str, str]]:
+    heading = re.search(r"<h1>(.*?)</h1>", dom, re.S)
+    assert heading is not None, dom[:2000]
+    return re.findall(r'<a href="([^"]*)">(.*?)</a>', heading.group(1))
+
+
+def test_chromium_shows_a_sortable_listing_with_breadcrumbs(tmp_path: Path) -> None:
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    root = tmp_path / "served"
+    deep = root / "photos" / "2024"
+    (deep / "summer").mkdir(parents=True)
+    (root / "docs").mkdir()
+    for name, (size, mtime) in LISTED.items():
+        (deep / name).write_bytes(b"x" * size)
+        os.utime(deep / name, (mtime, mtime))
+    server = start_cli("--static", str(root))
+    try:
+        url = server.url + "/photos/2024/"
+
+        def dom_of(target: str, profile: str) -> str:
+            result = run_chromium(binary, tmp_path / profile, "--dump-dom", target)
+            assert "<table>" in result.stdout, result.stderr[-2000:]
+            return result.stdout
+
+        by_name = dom_of(url, "profile-name")
+        names = [text for _, text in listed_rows(by_name)]
+        # Folders first, then names A to Z whatever their case; the odd name escaped.
+        assert names == [
+            "../",
+            "summer/",
+            "&lt;b&gt;odd &amp; name&lt;i&gt;.txt",
+            "Alpha.txt",
+            "beta.txt",
+            "gamma.bin",
+        ]
+        assert "<b>odd" not in by_name
+        # Breadcrumbs: relative links up to each folder above; the current one is not a link.
+        trail = crumbs(by_name)
+        assert [text for _, text in trail] == ["/", "photos"]
+        targets = [httpx.URL(url).join(href) for href, _ in trail]
+        assert [str(target) for target in targets] == [server.url + "/", server.url + "/photos/"]
+        assert 'aria-current="page">2024</span>' in by_name
+        assert 'href="summer/"' in by_name
+        # Sorting without JavaScript: the Size heading's link, then the same link again.
+        size_link = re.search(r'<th class="size"><a href="([^"]*)"', by_name)
+        assert size_link is not None
+        by_size_url = str(httpx.URL(url).join(size_link.group(1).replace("&amp;", "&")))
+        assert by_size_url.endswith("?sort=size&order=desc")
+        by_size = dom_of(by_size_url, "profile-size")
+        assert [text for _, text in listed_rows(by_size)][2:] == [
+            "gamma.bin",
+            "beta.txt",
+            "&lt;b&gt;odd &amp; name&lt;i&gt;.txt",
+            "Alpha.txt",
+        ]
+        assert 'aria-sort="descending"' in by_size
+        # The sort is kept on the way into a folder and back up.
+        assert 'href="summer/?sort=size&amp;order=desc"' in by_size
+        by_date = dom_of(url + "?sort=date&order=asc", "profile-date")
+        oldest_first = [
+            "Alpha.txt",
+            "gamma.bin",
+            "&lt;b&gt;odd &amp; name&lt;i&gt;.txt",
+            "beta.txt",
+        ]
+        assert [text for _, text in listed_rows(by_date)][2:] == oldest_first
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in by_date
+        # Screenshots: a desktop in light and dark, and a phone.
+        shots = {}
+        for name, size, extra in (
+            ("light", "1000,700", ()),
+            ("dark", "1000,700", ("--force-dark-mode",)),
+            ("phone", "390,760", ()),
+        ):
+            shot = tmp_path / f"listing-{name}.png"
+            result = run_chromium(
+                binary,
+                tmp_path / f"profile-shot-{name}",
+                f"--screenshot={shot}",
+                f"--window-size={size}",
+                "--hide-scrollbars",
+                *extra,
+                by_size_url,
+            )
+            assert shot.exists() and shot.stat().st_size > 1000, result.stderr[-2000:]
+            shots[name] = png_facts(shot.read_bytes())
+    finally:
+        server.stop()
+    assert shots["light"][:2] == (1000, 700) and shots["phone"][:2] == (390, 760)
+    # prefers-color-scheme: the page background follows the browser's scheme.
+    assert sum(shots["light"][2]) > 700, shots["light"]
+    assert sum(shots["dark"][2]) < 150, shots["dark"]
+
+
+# -- the server answers only for what it built (issue 17) --------------------------------------------
+
+
+def raw_status_and_body(port: int, target: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+    client = RawClient(port)
+    try:
+        client.send(
+            b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra + b"\r\n"
+        )
+        response = client.recv_until_closed()
+    finally:
+        client.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("shape", ["subclass", "wrapper"])
+def test_a_password_protected_app_behind_mounts_runs_for_every_request(
+    cli: Any, site: Path, shape: str
+) -> None:
+    server = cli(
+        f"tests.e2e.apps.guarded_static:{shape}",
+        "--mount",
+        f"/assets={site / 'page'}",
+        env={"GUARDED_DIR": str(site)},
+    )
+    for _ in range(3):
+        # The authorised request is the kind that gets a file remembered.
+        authorised = raw_status_and_body(
+            server.port, b"/data.bin", b"Authorization: Bearer letmein\r\n"
+        )
+        assert authorised == (200, DATA)
+        assert raw_status_and_body(server.port, b"/data.bin")[0] == 401
+        assert raw_status_and_body(server.port, b"/assets/style.css") == (200, CSS)

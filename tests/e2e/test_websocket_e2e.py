@@ -266,3 +266,57 @@ def test_websocket_upgrade_through_nginx(echo_server: CLIServer, tmp_path: Path)
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+
+# -- WebSockets over HTTP/2 (RFC 8441) from a real browser -------------------------------------
+
+H2_PAGE = b"""<!doctype html><title>waiting</title><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+ws.onopen = () => ws.send("hello over h2");
+ws.onmessage = (event) => { document.title = "echo: " + event.data; ws.close(1000); };
+ws.onerror = () => { document.title = "error"; };
+</script>"""
+SOCKETS_SEEN: list[str] = []
+
+
+async def page_and_echo(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/html; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": H2_PAGE})
+    elif scope["type"] == "websocket":
+        SOCKETS_SEEN.append(scope["http_version"])
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+
+def test_chromium_opens_a_websocket_over_http2(serve: Any, tmp_path: Path) -> None:
+    from tests.e2e.test_static_e2e import chromium_binary, run_chromium
+
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    trustme = pytest.importorskip("trustme")
+    certificate = trustme.CA().issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(certfile))
+    certificate.private_key_pem.write_to_path(str(keyfile))
+    server = serve(page_and_echo, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
+    SOCKETS_SEEN.clear()
+    dom = run_chromium(
+        binary,
+        tmp_path / "profile",
+        "--ignore-certificate-errors",
+        "--dump-dom",
+        f"https://127.0.0.1:{server.port}/",
+    )
+    assert "<title>echo: hello over h2</title>" in dom.stdout, dom.stderr[-2000:]
+    # The socket went over the page's HTTP/2 connection, not an HTTP/1.1 upgrade.
+    assert SOCKETS_SEEN == ["2"]
