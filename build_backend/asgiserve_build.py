@@ -58,7 +58,7 @@ MYPY_REQUIREMENT = "mypy==2.4.1"
 
 #: The typed packages the hot modules import, directly or through the modules mypy follows from
 #: them: mypy type-checks the whole import graph before mypyc compiles it.
-TYPED_DEPENDENCIES = ("click>=8.1", "h11>=0.16", "h2>=4.1", "websockets>=13.0")
+TYPED_DEPENDENCIES = ("a2wsgi>=1.10", "click>=8.1", "h11>=0.16", "h2>=4.1", "websockets>=13.0")
 
 ENV_VAR = "ASGISERVE_COMPILE"
 
