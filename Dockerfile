@@ -15,35 +15,55 @@
 #   PYTHON_VERSION  CPython of the official python:<version>-slim base (default 3.13)
 #   EXTRAS          extras of the package to install (default "standard": uvloop,
 #                   httptools, websockets, watchfiles; use "standard,http2" for h2)
+#   ASGISERVE_COMPILE  1 (default): the compiled build (hot modules compiled with mypyc),
+#                   the build fails if it cannot be made; 0: pure Python
+#
+# `docker run --rm asgiserve asgiserve --version` says which build the image runs.
 
 ARG PYTHON_VERSION=3.13
 
 # ---------------------------------------------------------------------------
-# Stage 1: build the wheels of asgiserve and its dependencies, and install them
-# into a virtual environment that the runtime stage copies as a whole. Network
-# access and build tools stay in this stage: on a platform where a dependency
-# has no binary wheel, add `apt-get install -y build-essential` here, never in
+# Stage 1: build the wheels of asgiserve (compiled) and its dependencies, and
+# install them into a virtual environment that the runtime stage copies as a
+# whole. Network access, the C compiler and mypy stay in this stage, never in
 # the runtime stage.
 # ---------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS build
 
 ARG EXTRAS=standard
+ARG ASGISERVE_COMPILE=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    ASGISERVE_COMPILE=${ASGISERVE_COMPILE}
+
+# The C compiler for the compiled build. The official python image has the
+# Python headers; a distribution's own Python needs its -dev package for them.
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends gcc libc6-dev \
+ && if [ ! -f "$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then \
+        apt-get install -y -q --no-install-recommends python3-dev; \
+    fi \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # Only what the wheel is built from (the globs tolerate a missing README/LICENSE),
 # so edits elsewhere keep this stage cached.
-COPY pyproject.toml README.md* LICENSE* ./
+COPY pyproject.toml setup.py MANIFEST.in README.md* LICENSE* ./
+COPY build_backend ./build_backend
 COPY asgiserve ./asgiserve
 
 # The pip cache mount keeps downloads between builds where the builder supports
-# it (BuildKit); it is never part of an image layer.
+# it (BuildKit); it is never part of an image layer. The build of asgiserve
+# fetches the pinned mypy itself (build_backend/asgiserve_build.py); with
+# ASGISERVE_COMPILE=1 it fails rather than fall back to pure Python, and the
+# last line checks that the installed server runs the compiled modules.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --wheel-dir /wheels ".[${EXTRAS}]" \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels "asgiserve[${EXTRAS}]"
+ && /opt/venv/bin/pip install --no-index --find-links /wheels "asgiserve[${EXTRAS}]" \
+ && /opt/venv/bin/asgiserve --version \
+ && { [ "$ASGISERVE_COMPILE" != 1 ] || /opt/venv/bin/asgiserve --version | grep -q "compiled with mypyc"; }
 
 # ---------------------------------------------------------------------------
 # Stage 2: the runtime. Same base (so the venv's interpreter path matches), no

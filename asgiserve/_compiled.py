@@ -1,8 +1,9 @@
 """Which build of the hot modules this installation runs: pure Python or compiled by mypyc.
 
-``ASGISERVE_COMPILE=1 pip install .`` compiles :data:`HOT_MODULES` to C extensions with mypyc
-(``setup.py``, which reads the list from this file); the ``.py`` sources stay installed beside
-them and the import system prefers the extension. Both builds run the same source and the same
+A build of asgiserve compiles :data:`HOT_MODULES` to C extensions with mypyc where it can
+(CPython with a C compiler; ``build_backend/asgiserve_build.py`` says when, ``setup.py`` reads
+the list from this file); the ``.py`` sources stay installed beside them and the import system
+prefers the extension. Both builds run the same source and the same
 tests. This module imports nothing from the package, so ``setup.py`` can load it on its own.
 """
 

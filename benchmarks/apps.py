@@ -25,6 +25,9 @@ HELLO_BODY = b"Hello, world!"
 JSON_PAYLOAD = {"message": "Hello, world!", "id": 12345, "ok": True, "tags": ["a", "b", "c"]}
 STREAM_CHUNK = b"x" * 4096
 STREAM_CHUNKS = 16  # 16 x 4 KiB = 64 KiB, no content-length (chunked on HTTP/1.1)
+#: The item benchmarks/fastapi_app.py answers ``GET /items/ID`` with, the id aside (here so
+#: that the harness can check the answer without importing FastAPI).
+ITEM_FIELDS = {"name": "widget", "price": 9.5, "tags": ["a", "b", "c"]}
 
 _TEXT_HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"13")]
 _STREAM_HEADERS = [(b"content-type", b"application/octet-stream")]

@@ -55,15 +55,21 @@ import wsload  # noqa: E402
 @dataclass(frozen=True)
 class Test:
     name: str
-    app: str
+    app: str  # an app of benchmarks/apps.py, or "module:attr"
     kind: str  # "wrk" | "ws" | "idle"
     description: str
     lua: str | None = None
+    path: str = "/"
     connections: int | None = None  # fixed connection count (else --connections)
     latency: bool = False
     ws_size: int = 0
     ws_text: bool = True
     unit: str = "req/s"
+
+    @property
+    def target(self) -> str:
+        """The app as the servers are given it."""
+        return self.app if ":" in self.app else f"benchmarks.apps:{self.app}"
 
 
 TESTS: dict[str, Test] = {
@@ -71,6 +77,13 @@ TESTS: dict[str, Test] = {
     for t in (
         Test("hello", "hello", "wrk", 'GET, 13-byte text/plain "Hello, world!"'),
         Test("json", "json", "wrk", "GET, small dict through json.dumps per request"),
+        Test(
+            "fastapi",
+            "benchmarks.fastapi_app:app",
+            "wrk",
+            "FastAPI: GET /items/42, int path parameter, pydantic model as JSON",
+            path="/items/42",
+        ),
         Test(
             "echo", "echo", "wrk", "POST 1 KiB body, app reads it all and returns it", "post1k.lua"
         ),
@@ -117,7 +130,7 @@ TESTS: dict[str, Test] = {
         ),
     )
 }
-THROUGHPUT_TESTS = ["hello", "json", "echo", "stream", "pipelined", "ws64", "ws16k"]
+THROUGHPUT_TESTS = ["hello", "json", "fastapi", "echo", "stream", "pipelined", "ws64", "ws16k"]
 
 # --------------------------------------------------------------------------------------------
 # Servers
@@ -144,6 +157,7 @@ def compiled_tree(python: str) -> Path:
     sources = [
         ROOT / "setup.py",
         ROOT / "pyproject.toml",
+        *sorted((ROOT / "build_backend").rglob("*.py")),
         *sorted((ROOT / "asgiserve").rglob("*.py")),
     ]
     digest = hashlib.sha256(python.encode())
@@ -156,9 +170,10 @@ def compiled_tree(python: str) -> Path:
     tree.mkdir(parents=True)
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)
-    shutil.copytree(
-        ROOT / "asgiserve", tree / "asgiserve", ignore=shutil.ignore_patterns("*.so", "__pycache__")
-    )
+    for package in ("asgiserve", "build_backend"):
+        shutil.copytree(
+            ROOT / package, tree / package, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
     print(f"building the compiled asgiserve in {tree.relative_to(ROOT)} (mypyc, ~1 min)...")
     env = dict(os.environ, ASGISERVE_COMPILE="1")
     proc = subprocess.run(
@@ -228,6 +243,16 @@ def _granian(py: str, target: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _gunicorn(py: str, target: str, port: int) -> list[str]:
+    # gunicorn 27's own ASGI worker (-k asgi, not uvicorn's worker class): one worker under
+    # gunicorn's arbiter, uvloop, gunicorn's HTTP parser (its C one, gunicorn_h1c, where
+    # installed); access log off by default; --backlog as for hypercorn.
+    return [
+        py, "-m", "gunicorn", "-k", "asgi", "--workers", "1", "--asgi-loop", "uvloop",
+        "--bind", f"{HOST}:{port}", "--backlog", "2048", "--log-level", "warning", target,
+    ]  # fmt: skip
+
+
 def _ceiling(py: str, target: str, port: int) -> list[str]:
     return [py, str(HERE / "ceiling.py"), "--host", HOST, "--port", str(port)]
 
@@ -240,6 +265,8 @@ _REQUIRE_COMPILED = (
     "import asgiserve._compiled as c, sys; d = c.build_description(); print(d); "
     "sys.exit(not d.startswith('compiled'))"
 )
+
+_REQUIRE_GUNICORN_27 = "import gunicorn, uvloop, sys; sys.exit(gunicorn.version_info < (27,))"
 
 # uvicorn 0.54 offers websockets (legacy asyncio protocol), websockets-sansio and wsproto;
 # websockets-sansio measured fastest here (see README), so it is used for both uvicorn rows.
@@ -293,6 +320,12 @@ SERVERS: dict[str, ServerSpec] = {
             note="Rust HTTP, ASGI interface, 1 worker, 1 runtime thread, HTTP/1 only",
         ),
         ServerSpec(
+            "gunicorn",
+            _gunicorn,
+            lambda py: [py, "-c", _REQUIRE_GUNICORN_27],
+            note="gunicorn 27+ native ASGI worker (-k asgi), 1 worker, uvloop",
+        ),
+        ServerSpec(
             "ceiling",
             _ceiling,
             _imports("uvloop"),
@@ -304,7 +337,7 @@ SERVERS: dict[str, ServerSpec] = {
 
 VERSION_PACKAGES = [
     "uvicorn", "httptools", "uvloop", "websockets", "wsproto", "h11", "h2",
-    "hypercorn", "granian", "click",
+    "hypercorn", "granian", "gunicorn", "gunicorn_h1c", "click", "fastapi", "pydantic",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
@@ -555,7 +588,7 @@ def check_http(port: int, test: Test, timeout: float = 5.0) -> str | None:
                     if status != 200 or got != bench_apps.HELLO_BODY:
                         return f"pipelined response {i}: {status} {got[:40]!r}"
                 return None
-            sock.sendall(_get())
+            sock.sendall(_get(test.path))
             status, headers, got, _ = read_response(sock)
             if status != 200:
                 return f"status {status}"
@@ -567,6 +600,8 @@ def check_http(port: int, test: Test, timeout: float = 5.0) -> str | None:
                 ).startswith(b"application/json")
             elif test.app == "stream":
                 ok = got == bench_apps.STREAM_CHUNK * bench_apps.STREAM_CHUNKS
+            elif test.name == "fastapi":
+                ok = json.loads(got) == {"id": 42, **bench_apps.ITEM_FIELDS}
             else:
                 ok = True
             return None if ok else f"unexpected body {got[:40]!r}"
@@ -585,7 +620,7 @@ class Server:
         self.test = test
         self.port = free_port()
         self.python = args.python
-        self.argv = spec.command(args.python, f"benchmarks.apps:{test.app}", self.port)
+        self.argv = spec.command(args.python, test.target, self.port)
         self.cpu = args.server_cpu
         self.log_path = logdir / f"{test.name}-{spec.name}.log"
         self.proc: subprocess.Popen[Any] | None = None
@@ -713,7 +748,7 @@ def wrk_argv(args: argparse.Namespace, test: Test, port: int, duration: int) -> 
         argv += ["-s", str(LUA / test.lua)]
     if test.latency:
         argv.append("--latency")
-    argv.append(f"http://{HOST}:{port}/")
+    argv.append(f"http://{HOST}:{port}{test.path}")
     return argv
 
 
@@ -1330,7 +1365,8 @@ def render_report(data: dict[str, Any], chart: Path | None) -> str:
             lines.append(f"- {k}: {v}")
     lines += ["", "## Servers and commands", ""]
     lines.append(
-        "`APP` is `benchmarks.apps:<test app>`, `PORT` a free port; every server command is "
+        "`APP` is `benchmarks.apps:<test app>` (fastapi: `benchmarks.fastapi_app:app`), `PORT` "
+        "a free port; every server command is "
         f"prefixed with `taskset -c {meta['server_cpu']}`."
     )
     lines.append("")

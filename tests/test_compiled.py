@@ -7,9 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -55,6 +62,128 @@ def test_version_says_which_build_is_in_use() -> None:
     assert build_description() in result.stdout
     assert ("compiled with mypyc" in result.stdout) == COMPILED
     assert ("pure Python" in result.stdout) == (not COMPILED)
+
+
+# -- which build a source install makes (build_backend/asgiserve_build.py, setup.py) ---------
+
+
+def _build_backend() -> ModuleType:
+    path = ROOT / "build_backend" / "asgiserve_build.py"
+    spec = importlib.util.spec_from_file_location("_asgiserve_build_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_build_that_may_compile_requires_the_pinned_compiler() -> None:
+    backend = _build_backend()
+    auto, required, off = backend.Mode.AUTO, backend.Mode.REQUIRED, backend.Mode.OFF
+    requirements = backend.compiler_requirements(auto, editable=False, implementation="cpython")
+    assert backend.MYPY_REQUIREMENT in requirements
+    assert backend.MYPY_REQUIREMENT.startswith("mypy==")  # pinned, not a range
+    assert "h11>=0.16" in requirements  # mypy type-checks what the hot modules import
+    # An editable install stays pure unless compiling is asked for; PyPy cannot run mypyc.
+    assert backend.compiler_requirements(auto, editable=True, implementation="cpython") == []
+    assert backend.compiler_requirements(auto, editable=False, implementation="pypy") == []
+    assert backend.compiler_requirements(off, editable=False, implementation="cpython") == []
+    assert backend.MYPY_REQUIREMENT in backend.compiler_requirements(
+        required, editable=True, implementation="cpython"
+    )
+    assert "CPython only" in backend.platform_problem("pypy")
+    assert backend.platform_problem("cpython") is None
+
+
+def test_asgiserve_compile_takes_1_0_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _build_backend()
+    for value, mode in (("", "AUTO"), ("auto", "AUTO"), ("1", "REQUIRED"), ("no", "OFF")):
+        monkeypatch.setenv("ASGISERVE_COMPILE", value)
+        assert backend.requested_mode() is backend.Mode[mode]
+    monkeypatch.setenv("ASGISERVE_COMPILE", "maybe")
+    with pytest.raises(SystemExit, match="use 1 .compile or fail., 0 .pure Python. or auto"):
+        backend.requested_mode()
+
+
+def _source_tree(tmp_path: Path) -> Path:
+    """What an sdist holds, copied, so that the build leaves the checkout alone."""
+    tree = tmp_path / "source"
+    tree.mkdir()
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+        shutil.copy2(ROOT / name, tree / name)
+    for name in ("asgiserve", "build_backend"):
+        shutil.copytree(
+            ROOT / name, tree / name, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
+    return tree
+
+
+def _pip_wheel(
+    tmp_path: Path, tree: Path | None = None, **env: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``pip wheel`` of the sources, with this environment's setuptools and mypy (no download)."""
+    if int(importlib.metadata.version("setuptools").split(".")[0]) < 77:
+        pytest.skip("needs setuptools>=77 (the test extra)")
+    out = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run(
+        [*pip_wheel, "--wheel-dir", str(out), str(tree or _source_tree(tmp_path))],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result, out
+
+
+def _assert_pure_wheel_saying(
+    result: subprocess.CompletedProcess[str], out: Path, why: str
+) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    wheels = sorted(out.glob("*.whl"))
+    assert len(wheels) == 1 and wheels[0].name.endswith("-py3-none-any.whl"), wheels
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        names = wheel.namelist()
+    assert "asgiserve/transport/connection.py" in names
+    assert not [name for name in names if name.endswith(tuple(EXTENSION_SUFFIXES))]
+    said = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "asgiserve: building the pure-Python version" in line
+    ]
+    assert len(said) == 1 and why in said[0], said
+
+
+def test_a_source_install_without_a_c_compiler_is_pure_python_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # CC=/bin/false: a compiler that fails whatever it is given, as a missing one does.
+    result, out = _pip_wheel(tmp_path, CC="/bin/false", ASGISERVE_COMPILE="")
+    _assert_pure_wheel_saying(result, out, "no working C compiler")
+
+
+def test_a_source_install_that_mypyc_cannot_compile_is_pure_python_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # As with a mypy that does not know this Python yet, or typed dependencies whose types
+    # changed: the compiler refuses the sources, and the install still works.
+    pytest.importorskip("mypyc")
+    tree = _source_tree(tmp_path)
+    with (tree / "asgiserve" / "asgi" / "scope.py").open("a") as scope:
+        scope.write('\n_REFUSED: int = "not an int"\n')
+    result, out = _pip_wheel(tmp_path, tree, ASGISERVE_COMPILE="")
+    _assert_pure_wheel_saying(result, out, "mypyc could not compile the hot modules")
+
+
+def test_asgiserve_compile_1_without_a_c_compiler_fails_and_says_why(tmp_path: Path) -> None:
+    pytest.importorskip("mypyc")
+    result, out = _pip_wheel(tmp_path, CC="/bin/false", ASGISERVE_COMPILE="1")
+    assert result.returncode != 0
+    assert (
+        "ASGISERVE_COMPILE=1 but the compiled build cannot be made: no working C compiler"
+        in result.stdout + result.stderr
+    )
+    assert not list(out.glob("*.whl"))
 
 
 # -- asyncio semantics the app relies on (both builds) --------------------------------------

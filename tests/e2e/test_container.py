@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from asgiserve._compiled import HOT_MODULES
+
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,3 +351,18 @@ def test_two_line_derived_image_serves_the_users_app(
     finally:
         _podman("rm", "-f", "-t", "0", name, check=False)
         _podman("rmi", derived, check=False)
+
+
+def test_the_image_runs_the_compiled_build_without_a_compiler(
+    container_check: CheckResult,
+) -> None:
+    # The compiler and mypy stay in the build stage; the runtime image has the extensions.
+    if "image build failed" in container_check.output:
+        pytest.fail(f"image did not build:\n{container_check.output}")
+    version = _podman("run", "--rm", "--network", "none", IMAGE, "asgiserve", "--version")
+    assert f"compiled with mypyc: {len(HOT_MODULES)} hot modules" in version.stdout, version.stdout
+    found = _podman(
+        "run", "--rm", "--network", "none", IMAGE, "python", "-c",
+        "import shutil; print([t for t in ('cc', 'gcc', 'mypy') if shutil.which(t)])",
+    )  # fmt: skip
+    assert found.stdout.strip() == "[]", found.stdout
