@@ -279,6 +279,7 @@ def test_sighup_rolling_restart_under_load_fails_no_request(
     )
     assert load.failures == []
     assert load.sent > 100
+
     # The last replaced worker may still be finishing its graceful drain (on a loaded machine
     # that takes longer than the pause above): wait for it to exit, then two new workers remain.
     def two_workers() -> set[int] | None:
