@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,12 +276,23 @@ const ws = new WebSocket("wss://" + location.host + "/ws");
 ws.onopen = () => ws.send("hello over h2");
 ws.onmessage = (event) => { document.title = "echo: " + event.data; ws.close(1000); };
 ws.onerror = () => { document.title = "error"; };
-</script>"""
+</script><img src="/wait" alt="">"""
 SOCKETS_SEEN: list[str] = []
+# Set when the page's socket is closed by the page, which it does after it has shown the echo.
+SOCKET_CLOSED = threading.Event()
 
 
 async def page_and_echo(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "http":
+    if scope["type"] == "http" and scope["path"] == "/wait":
+        # An image the page loads: it holds the page's load event (and so Chromium's
+        # --dump-dom, whose virtual time otherwise runs ahead of the real socket) until the
+        # echo has been shown, or 20 s.
+        deadline = time.monotonic() + 20
+        while not SOCKET_CLOSED.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif scope["type"] == "http":
         await send(
             {
                 "type": "http.response.start",
@@ -295,6 +307,7 @@ async def page_and_echo(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "websocket.accept"})
         while (message := await receive())["type"] == "websocket.receive":
             await send({"type": "websocket.send", "text": message["text"]})
+        SOCKET_CLOSED.set()
 
 
 def test_chromium_opens_a_websocket_over_http2(serve: Any, tmp_path: Path) -> None:
@@ -310,6 +323,7 @@ def test_chromium_opens_a_websocket_over_http2(serve: Any, tmp_path: Path) -> No
     certificate.private_key_pem.write_to_path(str(keyfile))
     server = serve(page_and_echo, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile))
     SOCKETS_SEEN.clear()
+    SOCKET_CLOSED.clear()
     dom = run_chromium(
         binary,
         tmp_path / "profile",
