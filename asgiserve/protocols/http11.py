@@ -591,9 +591,15 @@ class RequestFramer:
             newline = buffer.find(b"\n", max(line_start, searched), end)
             line_end = end if newline == -1 else newline + 1
             # A limit is broken at the byte that crosses it: check before the line's content.
-            if first and line_end - start > self._max_request_line + 2:
+            size = line_end - start
+            if (
+                first
+                and size > self._max_request_line + 2
+                # When both limits are crossed, the one crossed at the earlier byte wins.
+                and not (size > max_head and max_head < self._max_request_line + 2)
+            ):
                 raise ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
-            if line_end - start > max_head:
+            if size > max_head:
                 raise ProtocolError(
                     "request header section too large" if is_head else "trailer section too large",
                     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
