@@ -345,9 +345,9 @@ def test_malformed_request_gets_the_same_status_on_both_backends(
     assert verdict(parser_class, data) == status
 
 
-def split_verdict(parser_class: Any, chunks: list[bytes]) -> int | str:
+def split_verdict(parser_class: Any, chunks: list[bytes], **limits: int) -> int | str:
     try:
-        parse(parser_class, *chunks)
+        parse(parser_class, *chunks, **limits)
     except ProtocolError as exc:
         return exc.status
     return "ok"
@@ -478,6 +478,10 @@ def test_the_limit_crossed_first_decides_the_status_however_the_head_is_cut(
         for piece in (data[:14], data[14:17], data[17:]):
             parser.feed(piece)
     assert info.value.status == 431
+    # The same for a malformed method longer than the head limit.
+    data = b"A" * 40 + b" / HTTP/1.1\r\n\r\n"
+    assert verdict(parser_class, data, **limits) == 431
+    assert split_verdict(parser_class, [data[:20], data[20:]], **limits) == 431
 
 
 def test_chunk_size_line_limit_applies_before_the_line_is_complete(parser_class: Any) -> None:

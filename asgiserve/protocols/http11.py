@@ -586,7 +586,13 @@ class RequestFramer:
             if first:
                 method = _METHOD_PREFIX_RE.match(buffer, start, end)
                 assert method is not None  # {0,32} always matches
-                if method.end() < end and buffer[method.end()] != 32:
+                fault = method.end()
+                if (
+                    fault < end
+                    and buffer[fault] != 32
+                    # Unless a size limit is crossed before that byte (then the limit wins).
+                    and fault - start < min(max_head, self._max_request_line + 2)
+                ):
                     raise ProtocolError("malformed request line")
             newline = buffer.find(b"\n", max(line_start, searched), end)
             line_end = end if newline == -1 else newline + 1
