@@ -345,9 +345,9 @@ def test_malformed_request_gets_the_same_status_on_both_backends(
     assert verdict(parser_class, data) == status
 
 
-def split_verdict(parser_class: Any, chunks: list[bytes]) -> int | str:
+def split_verdict(parser_class: Any, chunks: list[bytes], **limits: int) -> int | str:
     try:
-        parse(parser_class, *chunks)
+        parse(parser_class, *chunks, **limits)
     except ProtocolError as exc:
         return exc.status
     return "ok"
@@ -461,6 +461,27 @@ def test_a_head_sent_one_byte_per_read_costs_linear_work(parser_class: Any, head
     elapsed = time.process_time() - started
     assert len(sink.heads) == 1
     assert elapsed < 1.0, f"{elapsed:.2f} s of CPU for a {len(head)} byte head"
+
+
+def test_the_limit_crossed_first_decides_the_status_however_the_head_is_cut(
+    parser_class: Any,
+) -> None:
+    # Found by the long differential run: with a head limit below the request-line limit, a
+    # whole head got 414 and the same head cut after 17 bytes got 431. The head limit is
+    # crossed at byte 17, the request-line limit only at byte 28: 431 either way.
+    data = b"FROB https://h:8/ HTTP/1.0\r\n\r\n"
+    limits = {"max_request_line": 25, "max_head": 16}
+    assert verdict(parser_class, data, **limits) == 431
+    sink = Recorder()
+    parser = parser_class(sink, **limits)
+    with pytest.raises(ProtocolError) as info:
+        for piece in (data[:14], data[14:17], data[17:]):
+            parser.feed(piece)
+    assert info.value.status == 431
+    # The same for a malformed method longer than the head limit.
+    data = b"A" * 40 + b" / HTTP/1.1\r\n\r\n"
+    assert verdict(parser_class, data, **limits) == 431
+    assert split_verdict(parser_class, [data[:20], data[20:]], **limits) == 431
 
 
 def test_chunk_size_line_limit_applies_before_the_line_is_complete(parser_class: Any) -> None:

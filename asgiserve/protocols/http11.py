@@ -586,14 +586,26 @@ class RequestFramer:
             if first:
                 method = _METHOD_PREFIX_RE.match(buffer, start, end)
                 assert method is not None  # {0,32} always matches
-                if method.end() < end and buffer[method.end()] != 32:
+                fault = method.end()
+                if (
+                    fault < end
+                    and buffer[fault] != 32
+                    # Unless a size limit is crossed before that byte (then the limit wins).
+                    and fault - start < min(max_head, self._max_request_line + 2)
+                ):
                     raise ProtocolError("malformed request line")
             newline = buffer.find(b"\n", max(line_start, searched), end)
             line_end = end if newline == -1 else newline + 1
             # A limit is broken at the byte that crosses it: check before the line's content.
-            if first and line_end - start > self._max_request_line + 2:
+            size = line_end - start
+            if (
+                first
+                and size > self._max_request_line + 2
+                # When both limits are crossed, the one crossed at the earlier byte wins.
+                and not (size > max_head and max_head < self._max_request_line + 2)
+            ):
                 raise ProtocolError("request line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
-            if line_end - start > max_head:
+            if size > max_head:
                 raise ProtocolError(
                     "request header section too large" if is_head else "trailer section too large",
                     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
