@@ -678,6 +678,13 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     help="Max header fields in a request (431).",
 )
 @click.option(
+    "--limit-chunk-line",
+    type=int,
+    default=_default("limit_chunk_line"),
+    show_default=True,
+    help="Max bytes in a chunk-size line of a chunked request body, extensions included (400).",
+)
+@click.option(
     "--limit-request-body",
     type=int,
     default=None,

@@ -95,6 +95,9 @@ class Limits:
     request_head: int = 65536
     #: Header fields in a request (431 beyond).
     request_fields: int = 100
+    #: Bytes in a chunk-size line of a chunked request body, extensions included (400 beyond):
+    #: long extensions are a smuggling and slow-loris vector (as llhttp and Node cap them).
+    chunk_line: int = 4096
     #: Bytes in a request body (413 beyond); None: no limit.
     request_body: int | None = None
     #: Bytes of a request body the app did not read that are read and dropped after its
@@ -422,7 +425,7 @@ def _validate(config: Config) -> None:
     limits = config.limits
     _positive("limit_concurrency", limits.concurrency, allow_none=True)
     _positive("limit_max_requests", limits.max_requests, allow_none=True)
-    for name in ("request_line", "request_head", "request_fields", "discard_body"):
+    for name in ("request_line", "request_head", "request_fields", "chunk_line", "discard_body"):
         _positive(f"limit_{name}", getattr(limits, name))
     for name in ("max_concurrent_streams", "max_header_list_size", "max_resets"):
         _positive(f"h2_{name}", getattr(config.h2, name))

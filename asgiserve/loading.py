@@ -273,14 +273,18 @@ def resolve_http(choice: str) -> str:
 
 
 def parser_factory(
-    http: str, *, max_request_line: int, max_head: int, max_fields: int
+    http: str, *, max_request_line: int, max_head: int, max_fields: int, max_chunk_line: int
 ) -> ParserFactory:
     if resolve_http(http) == "httptools":
         from asgiserve.protocols.httptools_parser import HttptoolsParser as parser_class
     else:
         from asgiserve.protocols.h11_parser import H11Parser as parser_class  # type: ignore[assignment]
     factory: ParserFactory = functools.partial(
-        parser_class, max_request_line=max_request_line, max_head=max_head, max_fields=max_fields
+        parser_class,
+        max_request_line=max_request_line,
+        max_head=max_head,
+        max_fields=max_fields,
+        max_chunk_line=max_chunk_line,
     )
     return factory
 

@@ -150,6 +150,7 @@ class Server:
                 max_request_line=config.limits.request_line,
                 max_head=config.limits.request_head,
                 max_fields=config.limits.request_fields,
+                max_chunk_line=config.limits.chunk_line,
             )
             if logger.isEnabledFor(TRACE):
                 factory = _traced_parser_factory(factory)

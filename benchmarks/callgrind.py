@@ -238,7 +238,9 @@ def make_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any
     state = ServerState(
         app=app,
         loop=loop,
-        parser_factory=parser_factory(http, max_request_line=8192, max_head=65536, max_fields=100),
+        parser_factory=parser_factory(
+            http, max_request_line=8192, max_head=65536, max_fields=100, max_chunk_line=4096
+        ),
         keep_alive_timeout=5.0,
         head_timeout=10.0,
     )

@@ -114,7 +114,7 @@ def make_connection(app: Any, loop: asyncio.AbstractEventLoop) -> Any:
         app=app,
         loop=loop,
         parser_factory=parser_factory(
-            "httptools", max_request_line=8192, max_head=65536, max_fields=100
+            "httptools", max_request_line=8192, max_head=65536, max_fields=100, max_chunk_line=4096
         ),
         keep_alive_timeout=5.0,
         head_timeout=10.0,

@@ -272,7 +272,7 @@ def connect(backend: tuple[str, str]) -> Iterator[Callable[..., Harness]]:
             app=app,
             loop=loop,
             parser_factory=parser_factory(
-                http, max_request_line=8192, max_head=65536, max_fields=100
+                http, max_request_line=8192, max_head=65536, max_fields=100, max_chunk_line=4096
             ),
             clock=clock,
             **timeouts,

@@ -482,3 +482,29 @@ def test_static_mode_has_no_application_startup(cli: Any, tmp_path: Path) -> Non
     server.stop()
     assert "application startup" not in server.output().lower()
     assert "application shutdown" not in server.output().lower()
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_limit_chunk_line_bounds_a_chunk_size_line_with_its_extensions(cli: Any, http: str) -> None:
+    # RFC 9112 section 7.1.1: chunk extensions are unbounded in the grammar; a server caps the
+    # chunk-size line (extensions included) so that they cannot hide a request or stall reading.
+    extension = b";name=" + b"v" * 100
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5" + extension + b"\r\nhello\r\n0\r\n\r\n"
+    )
+    default = cli("tests.apps:app", "--http", http)
+    client = RawClient(default.port)
+    try:
+        client.send(request)
+        assert client.read_response().status == 200
+    finally:
+        client.close()
+    strict = cli("tests.apps:app", "--http", http, "--limit-chunk-line", "64")
+    client = RawClient(strict.port)
+    try:
+        client.send(request)
+        assert client.read_response().status == 400
+        assert client.closed()
+    finally:
+        client.close()
