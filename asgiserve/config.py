@@ -254,6 +254,12 @@ class Config:
     #: Run each connection's requests in an empty contextvars.Context instead of a copy of the
     #: server's (context variables set around ``serve()`` or by the lifespan are then not seen).
     reset_contextvars: bool = False
+    #: After startup (app loaded, lifespan started), collect garbage once and move every object
+    #: alive then into the collector's permanent generation (``gc.freeze()``): full
+    #: collections under load then scan only what requests allocate, not the app's modules, so
+    #: they stop showing as latency spikes. Off by default here, where the server may be
+    #: embedded in a program whose garbage it does not own; the CLI turns it on.
+    gc_freeze: bool = False
     server_header: bool = True
     date_header: bool = True
     #: Extra response headers as ``(name, value)`` pairs (``--header NAME:VALUE``).

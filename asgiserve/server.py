@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import gc
 import logging
 import os
 import random
@@ -176,6 +177,14 @@ class Server:
             except LifespanFailure as exc:
                 raise StartupFailure(f"Application startup failed: {exc}") from exc
             state = self.state = self._make_state(app, loop, factory, lifespan_state, ws_enabled)
+            if config.gc_freeze:
+                # What is alive now (the app, its modules, the server) lives as long as the
+                # process: keep it out of the collector's way. Under load the requests in flight
+                # are promoted to the oldest generation, which is then collected every few
+                # seconds; scanning ~30k long-lived objects each time took 20 ms, the whole of
+                # the p99 latency at 256 connections.
+                gc.collect()
+                gc.freeze()
             if tls is not None:
                 state.tls = tls[1]
             self._tick()
