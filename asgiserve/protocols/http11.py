@@ -537,32 +537,45 @@ class RequestFramer:
 
     def _read_head(self, buffer: bytes | bytearray, start: int, end: int) -> int:
         scanned = 0
+        match: re.Match[bytes] | None = None
         if self.in_head:
             # The head was cut by a read: resume the search where the last one stopped.
             scanned = self._scanned
             stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
-        elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
-            # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
-            return start + 2 if end - start > 1 else -1
         else:
-            stop = buffer.find(b"\r\n\r\n", start)
+            # The usual read starts with a whole, well-formed head: one match finds its end and
+            # checks it (a head of the grammar ends at its first empty line: no line of it can
+            # hold CRLF CRLF, and a field line never starts with CR).
+            match = self._head_pattern.match(buffer, start)
+            if match is not None:
+                stop = match.end()
+                if stop - start > self._max_head:
+                    match = None  # the limit's verdict is _check_lines' (below)
+                    stop = stop - 4
+            elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
+                # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
+                return start + 2 if end - start > 1 else -1
+            else:
+                stop = buffer.find(b"\r\n\r\n", start)
         if stop == -1:
             self.in_head = True
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
-        stop += 4
+        if match is None:
+            stop += 4
         # The usual read is one whole request: no copy then.
         head = (
             buffer
             if start == 0 and stop == end and type(buffer) is bytes
             else bytes(buffer[start:stop])
         )
-        match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
         if match is None:
-            # Something is wrong: find the first fault, line by line, for its exact status.
-            self._check_lines(head, 0, len(head), True, 0)
-            raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
+            match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
+            if match is None:
+                # Something is wrong: find the first fault, line by line, for its exact status.
+                self._check_lines(head, 0, len(head), True, 0)
+                raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
         if self.in_head:
             self.in_head = False
             self._scanned = self._line_start = self._fields = 0
