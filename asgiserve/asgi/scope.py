@@ -34,7 +34,7 @@ class ConnectionInfo:
         #: The keys of an HTTP scope that are the same for every request on the connection,
         #: in the order http_scope() gives them: copying this and setting the rest costs less
         #: than building the whole dict per request.
-        self.http_template: Scope = {
+        self.http_template: dict[str, Any] = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": "1.1",
