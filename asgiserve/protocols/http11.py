@@ -9,9 +9,10 @@ where reads began). So the bytes are framed here, once, for both backends:
 (one regex per head; line by line, left to right, only to name the first fault), enforces the
 size limits at the byte that crosses them, and reads bodies itself (Content-Length, and chunked
 with a capped chunk-size line, extensions and trailers). It splits a checked head into fields
-(both backends: neither library is run over a head), then :func:`build_request_head` applies the semantic checks (framing headers,
-Host, request-target form, method, version) and returns a :class:`RequestHead` that says how the
-body is framed and whether the connection may be kept alive. Requests and bodies are reported
+(both backends: neither library is run over a head), then :func:`build_request_head` applies
+the semantic checks (framing headers, Host, request-target form, method, version) and
+returns a :class:`RequestHead` that says how the body is framed and whether the connection may
+be kept alive. Requests and bodies are reported
 through the :class:`RequestSink` interface. Every step is linear in the bytes received, however
 they are split into reads.
 
@@ -234,21 +235,16 @@ def build_request_head(
     target: bytes,
     version: str,
     headers: list[tuple[bytes, bytes]],
-    *,
-    max_fields: int,
 ) -> RequestHead:
     """Apply the checks both backends share and derive body framing and persistence.
 
-    ``headers`` must already have lower-cased names.
+    ``headers`` must already have lower-cased names, and be no more than the limit allows:
+    the framer's grammar counts them (``_head_pattern``, ``_check_lines``).
     """
     if version == "1.1" and method in _PLAIN_METHODS:
         http_version = "1.1"  # what check_request_line says to the usual request line
     else:
         http_version = check_request_line(method, version)
-    if len(headers) > max_fields:
-        raise ProtocolError(
-            f"more than {max_fields} header fields", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-        )
     if target[:1] == b"/" and b"#" not in target:  # origin-form, the common case
         path, _, query = target.partition(b"?")
     else:
@@ -585,7 +581,6 @@ class RequestFramer:
             target,
             _VERSIONS.get(version) or version.decode("ascii"),
             split_fields(head),
-            max_fields=self._max_fields,
         )
         self._start_body(request, buffer, stop, end)
         return stop if self._state != _SWITCHED else end
