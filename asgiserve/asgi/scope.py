@@ -71,14 +71,7 @@ def http_scope(
     headers: list[tuple[bytes, bytes]],
 ) -> Scope:
     root_path = info.root_path
-    # decode_path(), inlined: this runs for every request.
-    if b"%" in raw_path:
-        path = unquote(raw_path.decode("latin-1"))
-    else:
-        try:
-            path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            path = raw_path.decode("utf-8", "replace")
+    path = decode_path(raw_path)
     if root_path:
         # ASGI: "path" and "raw_path" include the root path the app is mounted at.
         path = root_path + path
