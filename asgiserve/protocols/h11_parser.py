@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-:class:`~asgiserve.protocols.http11.RequestFramer` (shared with the httptools backend) finds
-where each head ends, checks every byte of it against the grammar of RFC 9112 (request line,
-field lines, sizes) and frames the body itself (Content-Length, chunked with extensions and
-trailers). This backend only splits a head that has passed those checks into its parts.
+:class:`~asgiserve.protocols.http11.RequestFramer` does all the work: it finds where each head
+ends, checks every byte of it against the grammar of RFC 9112 (request line, field lines,
+sizes), splits it into fields and frames the body itself (Content-Length, chunked with
+extensions and trailers). This class only names the backend behind ``--http h11``.
 
 It used to hand heads and bodies to the h11 library. h11 is lenient where the shared rules are
 strict (bare LF ending a trailer section, obs-fold and control characters in trailers, CR and
@@ -17,22 +17,12 @@ matched the grammar, splitting it needs no library, so the verdict is the framer
 
 from __future__ import annotations
 
-from asgiserve.protocols.http11 import (
-    RequestFramer,
-    RequestHead,
-    build_request_head,
-    split_fields,
-)
+from asgiserve.protocols.http11 import RequestFramer
 
 __all__ = ["H11Parser"]
 
 
 class H11Parser(RequestFramer):
-    """The pure-Python backend: the shared framer plus a split of each checked head."""
+    """The pure-Python backend: the shared framer, nothing more."""
 
     __slots__ = ()
-
-    def _parse_head(self, head: bytes, method: str, target: bytes, version: str) -> RequestHead:
-        return build_request_head(
-            method, target, version, split_fields(head), max_fields=self._max_fields
-        )

@@ -8,10 +8,11 @@ where reads began). So the bytes are framed here, once, for both backends:
 :class:`RequestFramer` finds where each head ends, checks it against the grammar of RFC 9112
 (one regex per head; line by line, left to right, only to name the first fault), enforces the
 size limits at the byte that crosses them, and reads bodies itself (Content-Length, and chunked
-with a capped chunk-size line, extensions and trailers). A backend only splits a checked head
-into fields, then :func:`build_request_head` applies the semantic checks (framing headers,
-Host, request-target form, method, version) and returns a :class:`RequestHead` that says how the
-body is framed and whether the connection may be kept alive. Requests and bodies are reported
+with a capped chunk-size line, extensions and trailers). It splits a checked head into fields
+(both backends: neither library is run over a head), then :func:`build_request_head` applies
+the semantic checks (framing headers, Host, request-target form, method, version) and
+returns a :class:`RequestHead` that says how the body is framed and whether the connection may
+be kept alive. Requests and bodies are reported
 through the :class:`RequestSink` interface. Every step is linear in the bytes received, however
 they are split into reads.
 
@@ -93,6 +94,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "expect_continue",
+        "has_body",
         "headers",
         "http_version",
         "keep_alive",
@@ -128,10 +130,7 @@ class RequestHead:
         self.content_length = content_length
         self.chunked = chunked
         self.upgrade = upgrade
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        self.has_body = chunked or bool(content_length)
 
     def __repr__(self) -> str:
         return f"<RequestHead {self.method} {self.target!r} HTTP/{self.http_version}>"
@@ -214,6 +213,10 @@ _FRAMING_HEADERS = {
 }
 
 
+#: The methods a request line may have without a closer look (check_request_line).
+_PLAIN_METHODS = KNOWN_METHODS - {"CONNECT"}
+
+
 def check_request_line(method: str, version: str) -> str:
     """The request line's verdict (505, 501, 400 for CONNECT); return the version served."""
     http_version = "1.1" if version == "1.1" else _normalise_version(version)
@@ -232,18 +235,16 @@ def build_request_head(
     target: bytes,
     version: str,
     headers: list[tuple[bytes, bytes]],
-    *,
-    max_fields: int,
 ) -> RequestHead:
     """Apply the checks both backends share and derive body framing and persistence.
 
-    ``headers`` must already have lower-cased names.
+    ``headers`` must already have lower-cased names, and be no more than the limit allows:
+    the framer's grammar counts them (``_head_pattern``, ``_check_lines``).
     """
-    http_version = check_request_line(method, version)
-    if len(headers) > max_fields:
-        raise ProtocolError(
-            f"more than {max_fields} header fields", HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-        )
+    if version == "1.1" and method in _PLAIN_METHODS:
+        http_version = "1.1"  # what check_request_line says to the usual request line
+    else:
+        http_version = check_request_line(method, version)
     if target[:1] == b"/" and b"#" not in target:  # origin-form, the common case
         path, _, query = target.partition(b"?")
     else:
@@ -258,9 +259,9 @@ def build_request_head(
     upgrade: bytes | None = None
     framing_headers = _FRAMING_HEADERS
     for name, value in headers:
-        kind = framing_headers.get(name)
-        if kind is None:
+        if name not in framing_headers:
             continue
+        kind = framing_headers[name]
         if kind == _HOST:
             hosts += 1
             host = value
@@ -367,6 +368,7 @@ _REQUEST_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [\x21-\x7e]+ HTTP/[0-9]\.[0
 # RFC 9112 section 5: field-name ":" OWS field-value OWS CRLF; a value holds VCHAR, obs-text,
 # SP and HTAB, never another control character; no obs-fold (a line may not start with SP).
 _FIELD_LINE = _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n"
+_FIELD_LINE_POSSESSIVE = _TCHAR + rb"++:[\t\x20-\x7e\x80-\xff]*+\r\n"
 _REQUEST_LINE_RE = re.compile(_REQUEST_LINE)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
 _HEAD_PATTERNS: dict[tuple[int, int], re.Pattern[bytes]] = {}
@@ -378,9 +380,12 @@ def _head_pattern(max_request_line: int, max_fields: int) -> re.Pattern[bytes]:
     ``max_fields`` field lines, the empty line."""
     pattern = _HEAD_PATTERNS.get((max_request_line, max_fields))
     if pattern is None:
+        # Possessive repeats (``*+``, ``{}+``): no part of the grammar can give back what a
+        # repeat took (a field name holds no ":", a value no CR, a field line never starts
+        # with CR), so nothing is lost by never backtracking, and the match is a third cheaper.
         pattern = _HEAD_PATTERNS[max_request_line, max_fields] = re.compile(
             rb"(?=[^\n]{0,%d}\n)([!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
-            rb"\r\n(?:%b){0,%d}\r\n" % (max_request_line + 1, _FIELD_LINE, max_fields)
+            rb"\r\n(?:%b){0,%d}+\r\n" % (max_request_line + 1, _FIELD_LINE_POSSESSIVE, max_fields)
         )
     return pattern
 
@@ -415,8 +420,9 @@ def split_fields(head: bytes) -> list[tuple[bytes, bytes]]:
     headers = []
     for line in lines:
         name, _, value = line.partition(b":")
-        # RFC 9112 section 5: OWS around the value is not part of it.
-        headers.append((name.lower(), value.strip(b" \t")))
+        # RFC 9112 section 5: OWS around the value is not part of it. (The grammar allows no
+        # other whitespace in a value, so strip() takes exactly SP and HTAB.)
+        headers.append((name.lower(), value.strip()))
     return headers
 
 
@@ -434,8 +440,9 @@ def _line_fault(line: bytes, first: bool) -> str:
 class RequestFramer:
     """Split a byte stream into requests and bodies and report them to a sink.
 
-    Subclasses (the backends) implement :meth:`_parse_head`, which turns one complete head,
-    already checked here, into a :class:`RequestHead`.
+    The backends (``--http httptools``, ``--http h11``) are this class under their names:
+    each checked head is split here (:func:`split_fields`) and turned into a
+    :class:`RequestHead` by :func:`build_request_head`.
     """
 
     __slots__ = (
@@ -486,11 +493,6 @@ class RequestFramer:
         #: True while the bytes of a request head are arriving (for the head timeout).
         self.in_head = False
 
-    def _parse_head(self, head: bytes, method: str, target: bytes, version: str) -> RequestHead:
-        """Turn a complete, checked head (ending in CRLF CRLF), whose request line was split
-        into its parts, into a RequestHead."""
-        raise NotImplementedError
-
     def feed(self, data: bytes) -> None:
         if self._state == _SWITCHED:
             return
@@ -531,41 +533,54 @@ class RequestFramer:
 
     def _read_head(self, buffer: bytes | bytearray, start: int, end: int) -> int:
         scanned = 0
+        match: re.Match[bytes] | None = None
         if self.in_head:
             # The head was cut by a read: resume the search where the last one stopped.
             scanned = self._scanned
             stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
-        elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
-            # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
-            return start + 2 if end - start > 1 else -1
         else:
-            stop = buffer.find(b"\r\n\r\n", start)
+            # The usual read starts with a whole, well-formed head: one match finds its end and
+            # checks it (a head of the grammar ends at its first empty line: no line of it can
+            # hold CRLF CRLF, and a field line never starts with CR).
+            match = self._head_pattern.match(buffer, start)
+            if match is not None:
+                stop = match.end()
+                if stop - start > self._max_head:
+                    match = None  # the limit's verdict is _check_lines' (below)
+                    stop = stop - 4
+            elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
+                # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
+                return start + 2 if end - start > 1 else -1
+            else:
+                stop = buffer.find(b"\r\n\r\n", start)
         if stop == -1:
             self.in_head = True
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
-        stop += 4
+        if match is None:
+            stop += 4
         # The usual read is one whole request: no copy then.
         head = (
             buffer
             if start == 0 and stop == end and type(buffer) is bytes
             else bytes(buffer[start:stop])
         )
-        match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
         if match is None:
-            # Something is wrong: find the first fault, line by line, for its exact status.
-            self._check_lines(head, 0, len(head), True, 0)
-            raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
+            match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
+            if match is None:
+                # Something is wrong: find the first fault, line by line, for its exact status.
+                self._check_lines(head, 0, len(head), True, 0)
+                raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
         if self.in_head:
             self.in_head = False
             self._scanned = self._line_start = self._fields = 0
         method, target, version = match.groups()
-        request = self._parse_head(
-            head,
+        request = build_request_head(
             _METHOD_NAMES.get(method) or method.decode("ascii"),
             target,
             _VERSIONS.get(version) or version.decode("ascii"),
+            split_fields(head),
         )
         self._start_body(request, buffer, stop, end)
         return stop if self._state != _SWITCHED else end

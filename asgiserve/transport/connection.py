@@ -408,8 +408,6 @@ class HTTP11Connection(asyncio.Protocol):
     def on_request(self, head: RequestHead) -> bool | None:
         state = self.state
         state.total_requests += 1
-        info = self.info
-        assert info is not None
         upgrade = head.upgrade
         if upgrade is not None and self._idle():
             if upgrade == b"websocket" and state.websocket is not None:
@@ -431,9 +429,7 @@ class HTTP11Connection(asyncio.Protocol):
         files = state.files
         if (
             files is not None
-            # _idle() and no cork, inlined: this runs for every request.
-            and self.stage <= _HEAD
-            and not self.queue
+            and self._idle()
             and self.cork is None
             and head.method == "GET"
             and upgrade is None
@@ -443,9 +439,7 @@ class HTTP11Connection(asyncio.Protocol):
             if state.limit_max_requests is not None:
                 self._count_toward_max_requests()
             return None
-        scope = http_scope(
-            info, head.method, head.http_version, head.path, head.query, head.headers
-        )
+        scope = self._scope_of(head)
         body_limit = state.limit_request_body
         if body_limit is None:
             cycle = HTTPCycle(
@@ -543,10 +537,7 @@ class HTTP11Connection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None:
             self.parsing = None
-            if parsing.waiters is None:
-                parsing.request_complete = True  # nobody waits: HTTPCycle.end_body, inlined
-            else:
-                parsing.end_body()
+            parsing.end_body()
         stage = self.stage
         if stage == _RECEIVING and parsing is self.active:
             self._enter(_RESPONDING)
@@ -575,14 +566,12 @@ class HTTP11Connection(asyncio.Protocol):
                 cycle, head = queue.popleft()
                 self.active = cycle
                 self.active_head = head
-                # IDLE or HEAD (the loop's condition) to RESPONDING or RECEIVING: allowed by
-                # the table; set directly, as every request passes here.
                 if cycle.request_complete:
-                    self.stage = _RESPONDING
+                    self._enter(_RESPONDING)
                     self.deadline = 0.0
                     self.deadline_kind = _Deadline.NONE
                 else:
-                    self.stage = _RECEIVING
+                    self._enter(_RECEIVING)
                     self.body_progress = 0
                     self._set_deadline(_Deadline.BODY, self.state.body_timeout)
                 self._start(cycle)
@@ -816,7 +805,7 @@ class HTTP11Connection(asyncio.Protocol):
         )
 
     def _scope_of(self, head: RequestHead) -> Scope:
-        """The scope of ``head``, as on_request makes it (inline there, for speed)."""
+        """The scope of ``head``, as the app sees it."""
         info = self.info
         assert info is not None
         return http_scope(info, head.method, head.http_version, head.path, head.query, head.headers)
@@ -881,9 +870,7 @@ class HTTP11Connection(asyncio.Protocol):
             self._close()
             return
         if not discarding:
-            # RECEIVING or RESPONDING (the cycle was active) to IDLE: allowed by the table;
-            # set directly, as every response passes here.
-            self.stage = _IDLE
+            self._enter(_IDLE)
         if self.queue:
             if not EAGER_TASKS:
                 self._run_queue()  # the next task starts at the loop's next turn anyway
