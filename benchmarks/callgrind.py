@@ -14,6 +14,7 @@ interpreter start-up, imports and warm-up exactly.
     python benchmarks/callgrind.py --max 150000          # exit 1 above this (CI guard)
     python benchmarks/callgrind.py --no-valgrind         # run the driver only (smoke test)
     python benchmarks/callgrind.py --test static         # --static's own answer, 50 KiB file
+    python benchmarks/callgrind.py --test fastapi        # benchmarks/fastapi_app.py, GET /items/42
     python benchmarks/callgrind.py --test static --headers browser      # what a browser sends
     python benchmarks/callgrind.py --test static --headers browser-304  # its revalidation
 
@@ -52,6 +53,9 @@ POST = (
     b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/octet-stream\r\n"
     b"Content-Length: 1024\r\n\r\n" + POST_BODY
 )
+#: ``--test fastapi``: what wrk sends for run.py's fastapi test (its path, wrk's default
+#: headers: Host only).
+FASTAPI_REQUEST = b"GET /items/42 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 WARMUP = 200
 #: Websocket echo tests: payload size of each text message.
 WS_SIZES = {"ws64": 64, "ws16k": 16384}
@@ -313,6 +317,16 @@ async def drive(
         conn = transport.protocol
         transport.marker = marker
         transport.responses = 0
+    elif test == "fastapi":
+        # The framework app of run.py's fastapi test: routing, validation and serialisation
+        # run per request, so the server's share is what differs between two servers.
+        from benchmarks.fastapi_app import app
+
+        marker = b'"tags"'
+        payload = FASTAPI_REQUEST * pipeline
+        conn = SERVER[server](app, http, loop)
+        transport = FakeTransport(marker)
+        conn.connection_made(transport)
     else:
         app = {"hello": apps.hello, "json": apps.json, "echo": apps.echo}[test]
         marker = {"hello": apps.HELLO_BODY, "json": b'"tags"', "echo": POST_BODY}[test]
@@ -368,7 +382,7 @@ def _callgrind_total(out_file: Path) -> int:
 
 def _fingerprint() -> list[tuple[str, int, int]]:
     """The sources whose change would make the two measurements incomparable."""
-    files = sorted((ROOT / "asgiserve").rglob("*.py")) + [HERE / "apps.py"]
+    files = sorted((ROOT / "asgiserve").rglob("*.py")) + [HERE / "apps.py", HERE / "fastapi_app.py"]
     out = []
     for f in files:
         try:
@@ -451,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--http", default="httptools", choices=["httptools", "h11"])
     p.add_argument(
-        "--test", default="hello", choices=["hello", "json", "echo", "static", *WS_SIZES]
+        "--test", default="hello", choices=["hello", "json", "fastapi", "echo", "static", *WS_SIZES]
     )
     p.add_argument(
         "--headers",
