@@ -278,7 +278,63 @@ def make_uvicorn_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop
     return protocol_class(config, ServerState(), {}, _loop=loop)
 
 
-SERVER = {"asgiserve": make_connection, "uvicorn": make_uvicorn_connection}
+class BareConnection(asyncio.Protocol):
+    """The floor, not a server: each request of a feed runs the app in a task of its own with
+    a fixed scope and the least ``receive``/``send`` there can be (no parsing, no checks, no
+    framing). What a server costs on top of this is its share of a request (``--server
+    bare``: what is left is the app's and the event loop's)."""
+
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, path: bytes) -> None:
+        self.app = app
+        self.loop = loop
+        self.transport: Any = None
+        self.scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path.decode(),
+            "raw_path": path,
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1:8000")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.loop.create_task(self.app(self.scope.copy(), self.receive, self.send))
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            self.transport.write(message.get("body", b""))
+
+
+def make_bare_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any:
+    path = FASTAPI_REQUEST.split(b" ")[1] if app is _fastapi_app() else b"/"
+    return BareConnection(app, loop, path)
+
+
+def _fastapi_app() -> Any:
+    from benchmarks.fastapi_app import app
+
+    return app
+
+
+SERVER = {
+    "asgiserve": make_connection,
+    "uvicorn": make_uvicorn_connection,
+    "bare": make_bare_connection,
+}
 
 
 async def drive(
@@ -320,8 +376,7 @@ async def drive(
     elif test == "fastapi":
         # The framework app of run.py's fastapi test: routing, validation and serialisation
         # run per request, so the server's share is what differs between two servers.
-        from benchmarks.fastapi_app import app
-
+        app = _fastapi_app()
         marker = b'"tags"'
         payload = FASTAPI_REQUEST * pipeline
         conn = SERVER[server](app, http, loop)
@@ -480,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         "--server",
         default="asgiserve",
         choices=sorted(SERVER),
-        help="whose protocol object to drive (uvicorn: the same count for the peer)",
+        help="whose protocol object to drive (uvicorn: the same count for the peer; bare: "
+        "the app alone, run as a task per request with the least receive/send, so that the "
+        "difference is a server's share)",
     )
     p.add_argument("--requests", type=int, default=2000, help="N_large - N_small")
     p.add_argument("--python", default=sys.executable)
