@@ -14,6 +14,7 @@ interpreter start-up, imports and warm-up exactly.
     python benchmarks/callgrind.py --max 150000          # exit 1 above this (CI guard)
     python benchmarks/callgrind.py --no-valgrind         # run the driver only (smoke test)
     python benchmarks/callgrind.py --test static         # --static's own answer, 50 KiB file
+    python benchmarks/callgrind.py --test fastapi        # benchmarks/fastapi_app.py, GET /items/42
     python benchmarks/callgrind.py --test static --headers browser      # what a browser sends
     python benchmarks/callgrind.py --test static --headers browser-304  # its revalidation
 
@@ -52,6 +53,9 @@ POST = (
     b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/octet-stream\r\n"
     b"Content-Length: 1024\r\n\r\n" + POST_BODY
 )
+#: ``--test fastapi``: what wrk sends for run.py's fastapi test (its path, wrk's default
+#: headers: Host only).
+FASTAPI_REQUEST = b"GET /items/42 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 WARMUP = 200
 #: Websocket echo tests: payload size of each text message.
 WS_SIZES = {"ws64": 64, "ws16k": 16384}
@@ -274,7 +278,63 @@ def make_uvicorn_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop
     return protocol_class(config, ServerState(), {}, _loop=loop)
 
 
-SERVER = {"asgiserve": make_connection, "uvicorn": make_uvicorn_connection}
+class BareConnection(asyncio.Protocol):
+    """The floor, not a server: each request of a feed runs the app in a task of its own with
+    a fixed scope and the least ``receive``/``send`` there can be (no parsing, no checks, no
+    framing). What a server costs on top of this is its share of a request (``--server
+    bare``: what is left is the app's and the event loop's)."""
+
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, path: bytes) -> None:
+        self.app = app
+        self.loop = loop
+        self.transport: Any = None
+        self.scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path.decode(),
+            "raw_path": path,
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1:8000")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.loop.create_task(self.app(self.scope.copy(), self.receive, self.send))
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            self.transport.write(message.get("body", b""))
+
+
+def make_bare_connection(app: Any, http: str, loop: asyncio.AbstractEventLoop) -> Any:
+    path = FASTAPI_REQUEST.split(b" ")[1] if app is _fastapi_app() else b"/"
+    return BareConnection(app, loop, path)
+
+
+def _fastapi_app() -> Any:
+    from benchmarks.fastapi_app import app
+
+    return app
+
+
+SERVER = {
+    "asgiserve": make_connection,
+    "uvicorn": make_uvicorn_connection,
+    "bare": make_bare_connection,
+}
 
 
 async def drive(
@@ -313,6 +373,15 @@ async def drive(
         conn = transport.protocol
         transport.marker = marker
         transport.responses = 0
+    elif test == "fastapi":
+        # The framework app of run.py's fastapi test: routing, validation and serialisation
+        # run per request, so the server's share is what differs between two servers.
+        app = _fastapi_app()
+        marker = b'"tags"'
+        payload = FASTAPI_REQUEST * pipeline
+        conn = SERVER[server](app, http, loop)
+        transport = FakeTransport(marker)
+        conn.connection_made(transport)
     else:
         app = {"hello": apps.hello, "json": apps.json, "echo": apps.echo}[test]
         marker = {"hello": apps.HELLO_BODY, "json": b'"tags"', "echo": POST_BODY}[test]
@@ -368,7 +437,7 @@ def _callgrind_total(out_file: Path) -> int:
 
 def _fingerprint() -> list[tuple[str, int, int]]:
     """The sources whose change would make the two measurements incomparable."""
-    files = sorted((ROOT / "asgiserve").rglob("*.py")) + [HERE / "apps.py"]
+    files = sorted((ROOT / "asgiserve").rglob("*.py")) + [HERE / "apps.py", HERE / "fastapi_app.py"]
     out = []
     for f in files:
         try:
@@ -451,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--http", default="httptools", choices=["httptools", "h11"])
     p.add_argument(
-        "--test", default="hello", choices=["hello", "json", "echo", "static", *WS_SIZES]
+        "--test", default="hello", choices=["hello", "json", "fastapi", "echo", "static", *WS_SIZES]
     )
     p.add_argument(
         "--headers",
@@ -466,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         "--server",
         default="asgiserve",
         choices=sorted(SERVER),
-        help="whose protocol object to drive (uvicorn: the same count for the peer)",
+        help="whose protocol object to drive (uvicorn: the same count for the peer; bare: "
+        "the app alone, run as a task per request with the least receive/send, so that the "
+        "difference is a server's share)",
     )
     p.add_argument("--requests", type=int, default=2000, help="N_large - N_small")
     p.add_argument("--python", default=sys.executable)

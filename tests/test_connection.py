@@ -1016,3 +1016,25 @@ def test_a_discarded_body_that_trickles_in_is_cut_off(connect: Any) -> None:
     h.advance(2)
     assert h.transport.closed
     assert h.output.count(b"HTTP/1.1") == 1  # the response was out: a quiet close
+
+
+def test_a_task_waiting_in_receive_hears_of_the_completed_response(connect: Any) -> None:
+    # A listener still waiting in receive() when the app completes its response (a streaming
+    # helper that watches for the disconnect) is woken with http.disconnect, not left hanging.
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+
+        async def listen() -> None:
+            seen.append((await receive())["type"])
+
+        listener = asyncio.ensure_future(listen())
+        await asyncio.sleep(0)
+        await hello(scope, receive, send)
+        await listener
+
+    h = connect(app)
+    h.send(get())
+    assert h.response().status == 200
+    assert seen == ["http.disconnect"]

@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from asgiserve.asgi.errors import ClientDisconnected
 
@@ -76,6 +76,15 @@ class Phase(enum.IntEnum):
     BODY = 2  # head written; more body to come
     TRAILERS = 3  # body complete; http.response.trailers to come (trailers extension)
     DONE = 4  # response complete (or aborted)
+
+
+# The phases as module constants: a member looked up on its enum class goes through EnumType's
+# attribute hook, about ten times the cost of a global, and send() tests the phase per message.
+_START: Final = Phase.START
+_HEAD: Final = Phase.HEAD
+_BODY: Final = Phase.BODY
+_TRAILERS: Final = Phase.TRAILERS
+_DONE: Final = Phase.DONE
 
 
 class ResponseSink(Protocol):
@@ -204,7 +213,7 @@ class HTTPCycle:
             self.running = False
             if declared_length is not None and declared_length > body_limit:
                 self.body_budget = -1
-        self.phase = Phase.START
+        self.phase = _START
         self.status = 0
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
@@ -268,7 +277,7 @@ class HTTPCycle:
         """The client went away: ``receive()`` returns ``http.disconnect``, ``send()`` raises."""
         self.disconnected = True
         self._wake()
-        if self.phase is not Phase.DONE:
+        if self.phase is not _DONE:
             self._complete()
 
     def end_input(self) -> None:
@@ -288,8 +297,9 @@ class HTTPCycle:
                     waiter.set_result(None)
 
     def _complete(self) -> None:
-        self.phase = Phase.DONE
-        self._wake()
+        self.phase = _DONE
+        if self.waiters is not None:  # mostly nobody waits in receive(): no call for nothing
+            self._wake()
         on_complete = self.on_complete
         if on_complete is not None:
             self.on_complete = None
@@ -317,9 +327,9 @@ class HTTPCycle:
                 if not more_body:
                     self.request_delivered = True
                 return {"type": "http.request", "body": body, "more_body": more_body}
-            if self.disconnected or self.input_ended or self.phase is Phase.DONE:
+            if self.disconnected or self.input_ended or self.phase is _DONE:
                 return {"type": "http.disconnect"}
-            if self.expect_continue and not self.continue_sent and self.phase is Phase.START:
+            if self.expect_continue and not self.continue_sent and self.phase is _START:
                 self.continue_sent = True
                 self.sink.send_continue()
             waiter = asyncio.get_running_loop().create_future()
@@ -341,7 +351,7 @@ class HTTPCycle:
     async def send(self, message: Message) -> None:
         phase = self.phase
         message_type = message["type"]
-        if phase is Phase.HEAD or phase is Phase.BODY:
+        if phase is _HEAD or phase is _BODY:
             if message_type != "http.response.body":
                 # Off the hot path: a body from a file (or a wrong message type).
                 await self._send_file(message, phase)
@@ -356,7 +366,7 @@ class HTTPCycle:
             sink = self.sink
             # With trailers to come, the wire response is not over at the last body part.
             wire_more = more_body or self.trailers_expected
-            if phase is Phase.HEAD:
+            if phase is _HEAD:
                 if not wire_more and self.head_request and self.content_length is None:
                     # RFC 9110 section 9.3.2: HEAD gets the headers GET would, so the length
                     # of the body the app produced (and we drop) is announced.
@@ -366,21 +376,21 @@ class HTTPCycle:
                         (b"content-length", b"%d" % len(body)),
                     ]
                 sink.send_head(self, body if self.body_allowed else b"", wire_more)
-                self.phase = Phase.BODY
+                self.phase = _BODY
             elif self.body_allowed:
                 sink.send_body(body, wire_more)
             elif not wire_more:
                 sink.send_body(b"", False)
             if not more_body:
                 if self.trailers_expected:
-                    self.phase = Phase.TRAILERS
+                    self.phase = _TRAILERS
                 else:
                     self._complete()
             elif sink.writing_paused:
                 await sink.drain()
                 if self.disconnected:
                     raise ClientDisconnected("client disconnected")
-        elif phase is Phase.START:
+        elif phase is _START:
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
             if message_type == "http.response.start":
@@ -390,7 +400,7 @@ class HTTPCycle:
                 self.sink.send_informational(103, [(b"link", link) for link in links])
             else:
                 raise RuntimeError(f"Expected 'http.response.start', got {message_type!r}")
-        elif phase is Phase.TRAILERS:
+        elif phase is _TRAILERS:
             if message_type != "http.response.trailers":
                 raise RuntimeError(f"Expected 'http.response.trailers', got {message_type!r}")
             if self.disconnected:
@@ -436,7 +446,7 @@ class HTTPCycle:
         self.header_flags = flags
         self.trailers_expected = bool(message.get("trailers", False))
         self.body_allowed = not (self.head_request or status in _NO_BODY_STATUSES)
-        self.phase = Phase.HEAD
+        self.phase = _HEAD
 
     def _count(self, body: bytes, more_body: bool) -> None:
         if not self.body_allowed:
@@ -467,7 +477,7 @@ class HTTPCycle:
         owned = False
         reposition = False
         if message_type == "http.response.pathsend":
-            if phase is not Phase.HEAD:
+            if phase is not _HEAD:
                 raise RuntimeError(
                     "'http.response.pathsend' must directly follow 'http.response.start'"
                 )
@@ -511,7 +521,7 @@ class HTTPCycle:
             # not a regular file, fails in the sink and the response is aborted.
             wire_more = more_body or self.trailers_expected
             if (
-                phase is Phase.HEAD
+                phase is _HEAD
                 and not wire_more
                 and self.content_length is None
                 and self.status not in _NO_BODY_STATUSES
@@ -527,14 +537,14 @@ class HTTPCycle:
             sink = self.sink
             sending = count > 0 and self.body_allowed
             with_head: Callable[..., Awaitable[None] | None] | None = None
-            if phase is Phase.HEAD:
+            if phase is _HEAD:
                 if sending:
                     # An optional sink method (see ResponseSink): the head can leave
                     # together with the file's first bytes.
                     with_head = getattr(sink, "send_head_with_file", None)
                 if with_head is None:
                     sink.send_head(self, b"", wire_more or sending)
-                self.phase = Phase.BODY
+                self.phase = _BODY
             elif not sending and not wire_more:
                 sink.send_body(b"", False)
             if with_head is not None:
@@ -552,7 +562,7 @@ class HTTPCycle:
             raise ClientDisconnected("client disconnected")
         if not more_body:
             if self.trailers_expected:
-                self.phase = Phase.TRAILERS
+                self.phase = _TRAILERS
             else:
                 self._complete()
         elif sink.writing_paused:
@@ -574,7 +584,7 @@ class HTTPCycle:
         self.response_headers = headers
         self.content_length = count
         self.bytes_sent = count
-        self.phase = Phase.BODY
+        self.phase = _BODY
         return self._finish_file(rest, fd)
 
     async def _finish_file(self, rest: Awaitable[None], fd: int) -> None:
@@ -587,7 +597,7 @@ class HTTPCycle:
             logger.error("Exception sending a file", exc_info=exc)
             self._fail("file send failed")  # the head is out: an abort
         else:
-            if self.phase is not Phase.DONE:  # else the client went away meanwhile
+            if self.phase is not _DONE:  # else the client went away meanwhile
                 self._complete()
         finally:
             os.close(fd)
@@ -633,10 +643,10 @@ class HTTPCycle:
                 self._unregister()
                 raise
         else:
-            if self.phase is not Phase.DONE:
-                if self.phase is Phase.START and self.input_ended:
+            if self.phase is not _DONE:
+                if self.phase is _START and self.input_ended:
                     logger.debug("App returned without a response after the client half-closed")
-                elif self.phase is Phase.START:
+                elif self.phase is _START:
                     logger.error("ASGI application returned without starting a response")
                 else:
                     logger.error("ASGI application returned without completing the response")
@@ -653,9 +663,9 @@ class HTTPCycle:
 
     def _fail(self, why: str) -> None:
         phase = self.phase
-        if phase is Phase.DONE or self.disconnected:
+        if phase is _DONE or self.disconnected:
             return
-        if phase is Phase.START or phase is Phase.HEAD:
+        if phase is _START or phase is _HEAD:
             # Nothing is on the wire yet: the client can still get a proper answer.
             self.status = 500
             self.response_headers = _SERVER_ERROR_HEADERS
@@ -663,7 +673,7 @@ class HTTPCycle:
             self.header_flags = 0
             self.body_allowed = not self.head_request
             self.sink.send_head(self, _SERVER_ERROR_BODY if self.body_allowed else b"", False)
-            self.phase = Phase.BODY
+            self.phase = _BODY
             self.bytes_sent = len(_SERVER_ERROR_BODY)
             self._complete()
         else:
@@ -685,20 +695,20 @@ class HTTPCycle:
         self.disconnected = True
         self._wake()
         phase = self.phase
-        if phase is Phase.START or phase is Phase.HEAD:
+        if phase is _START or phase is _HEAD:
             self.status = 413
             self.response_headers = _TOO_LARGE_HEADERS
             self.content_length = len(_TOO_LARGE_BODY)
             self.header_flags = 0
             self.body_allowed = not self.head_request
             self.sink.send_head(self, _TOO_LARGE_BODY if self.body_allowed else b"", False)
-            self.phase = Phase.BODY
+            self.phase = _BODY
             self.bytes_sent = len(_TOO_LARGE_BODY) if self.body_allowed else 0
             self._complete()
         else:
             self._abort_if_unfinished()
 
     def _abort_if_unfinished(self) -> None:
-        if self.phase is not Phase.DONE:
+        if self.phase is not _DONE:
             self.sink.abort()
             self._complete()

@@ -25,7 +25,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from asgiserve.asgi.http import ClientDisconnected
 
@@ -42,6 +42,14 @@ class WSPhase(enum.IntEnum):
     RESPONSE = 1  # the app is sending an HTTP denial response
     OPEN = 2  # accepted: messages flow
     CLOSED = 3  # the app closed, or the connection is gone
+
+
+# The phases as module constants (as in asgi/http.py): a member looked up on its enum class
+# goes through EnumType's attribute hook, about ten times the cost of a global.
+_HANDSHAKE: Final = WSPhase.HANDSHAKE
+_RESPONSE: Final = WSPhase.RESPONSE
+_OPEN: Final = WSPhase.OPEN
+_CLOSED: Final = WSPhase.CLOSED
 
 
 class WebSocketSink(Protocol):
@@ -96,7 +104,7 @@ class WebSocketCycle:
         self.scope = scope
         self.sink = sink
         self.max_queue = max_queue
-        self.phase = WSPhase.HANDSHAKE
+        self.phase = _HANDSHAKE
         self.queue: deque[Message] = deque()
         self.connect_delivered = False
         self.disconnected = False
@@ -126,7 +134,7 @@ class WebSocketCycle:
     def defer_close(self) -> bool:
         """True when the app has messages left to answer, which it may do before the sink
         closes: the sink is then told when the app asks for more (``messages_answered``)."""
-        if self.phase is not WSPhase.OPEN or not (self.queue or self.answering):
+        if self.phase is not _OPEN or not (self.queue or self.answering):
             return False
         self.close_pending = True
         return True
@@ -137,8 +145,8 @@ class WebSocketCycle:
         self.disconnected = True
         self.close_code = code
         self.close_reason = reason
-        if self.phase is not WSPhase.CLOSED:
-            self.phase = WSPhase.CLOSED
+        if self.phase is not _CLOSED:
+            self.phase = _CLOSED
         self._wake()
 
     def _wake(self) -> None:
@@ -157,7 +165,7 @@ class WebSocketCycle:
         self.answering = False
         while True:
             queue = self.queue
-            if queue and self.phase is not WSPhase.HANDSHAKE:
+            if queue and self.phase is not _HANDSHAKE:
                 message = queue.popleft()
                 if self.reading_paused and len(queue) < self.max_queue:
                     self.reading_paused = False
@@ -179,7 +187,7 @@ class WebSocketCycle:
     async def send(self, message: Message) -> None:
         phase = self.phase
         kind = message["type"]
-        if phase is WSPhase.OPEN:
+        if phase is _OPEN:
             if kind == "websocket.send":
                 text = message.get("text")
                 data = message.get("bytes")
@@ -190,19 +198,19 @@ class WebSocketCycle:
                 if sink.writing_paused:
                     await sink.drain()
             elif kind == "websocket.close":
-                self.phase = WSPhase.CLOSED
+                self.phase = _CLOSED
                 self.sink.close(message.get("code") or 1000, message.get("reason") or "")
             else:
                 raise RuntimeError(f"Unexpected {kind!r} on an open WebSocket")
-        elif phase is WSPhase.HANDSHAKE:
+        elif phase is _HANDSHAKE:
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
             if kind == "websocket.accept":
-                self.phase = WSPhase.OPEN
+                self.phase = _OPEN
                 self.sink.accept(message.get("subprotocol"), _headers(message.get("headers")))
             elif kind == "websocket.close":
                 # ASGI: closing before accepting rejects the handshake with HTTP 403.
-                self.phase = WSPhase.CLOSED
+                self.phase = _CLOSED
                 self.sink.deny(*_FORBIDDEN)
             elif kind == "websocket.http.response.start":
                 status = message["status"]
@@ -210,18 +218,18 @@ class WebSocketCycle:
                     raise ValueError(f"Invalid status {status!r} in {kind!r}")
                 self.response_status = status
                 self.response_headers = _headers(message.get("headers"))
-                self.phase = WSPhase.RESPONSE
+                self.phase = _RESPONSE
             else:
                 raise RuntimeError(
                     "Expected 'websocket.accept', 'websocket.close' or "
                     f"'websocket.http.response.start', got {kind!r}"
                 )
-        elif phase is WSPhase.RESPONSE:
+        elif phase is _RESPONSE:
             if kind != "websocket.http.response.body":
                 raise RuntimeError(f"Expected 'websocket.http.response.body', got {kind!r}")
             self.response_body.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
-                self.phase = WSPhase.CLOSED
+                self.phase = _CLOSED
                 self.sink.deny(
                     self.response_status, self.response_headers, b"".join(self.response_body)
                 )
@@ -247,22 +255,22 @@ class WebSocketCycle:
             if not isinstance(exc, Exception):
                 raise
         else:
-            if self.phase is WSPhase.HANDSHAKE:
+            if self.phase is _HANDSHAKE:
                 logger.error("ASGI application returned without accepting the WebSocket")
                 self._fail()
-            elif self.phase is WSPhase.OPEN:
-                self.phase = WSPhase.CLOSED
+            elif self.phase is _OPEN:
+                self.phase = _CLOSED
                 self.sink.close(1000, "")
-            elif self.phase is WSPhase.RESPONSE:
+            elif self.phase is _RESPONSE:
                 logger.error("ASGI application returned without completing its response")
                 self._fail()
 
     def _fail(self) -> None:
         phase = self.phase
-        self.phase = WSPhase.CLOSED
+        self.phase = _CLOSED
         if self.disconnected:
             return
-        if phase is WSPhase.HANDSHAKE or phase is WSPhase.RESPONSE:
+        if phase is _HANDSHAKE or phase is _RESPONSE:
             self.sink.deny(*_SERVER_ERROR)
-        elif phase is WSPhase.OPEN:
+        elif phase is _OPEN:
             self.sink.close(1011, "")
