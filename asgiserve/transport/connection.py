@@ -985,11 +985,9 @@ class HTTP11Connection(asyncio.Protocol):
                 body = encode_chunk(body)
             if not more_body:
                 body += LAST_CHUNK
-        data = encode_response_head(cycle.status, headers, default_headers, framing, body)
-        if more_body:
-            self._gather(data)
-        else:
-            self._write(data)
+        if more_body and self.cork is None:
+            self._cork_turn()
+        self._write(encode_response_head(cycle.status, headers, default_headers, framing, body))
 
     def _app_framing(
         self, cycle: HTTPCycle, close: bool, default_headers: bytes
@@ -1033,12 +1031,11 @@ class HTTP11Connection(asyncio.Protocol):
                 data += LAST_CHUNK
         else:
             data = body
-        if not data:
-            return
-        if more_body:
-            self._gather(data)
-        else:
-            self._write(data)  # the response is complete: _on_response_complete writes it
+        if data:
+            if more_body and self.cork is None:
+                self._cork_turn()
+            # The last part joins the cork, if any: _on_response_complete writes it.
+            self._write(data)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         # 103 Early Hints is offered on HTTP/2 only: some HTTP/1.1 clients mishandle 1xx
@@ -1140,17 +1137,16 @@ class HTTP11Connection(asyncio.Protocol):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _gather(self, data: bytes) -> None:
-        """Write a part of a response with more to come: held with the parts sent after it in
-        this turn of the loop (a TURN cork, unless a cork is already open)."""
-        if self.cork is None and self.stage < _CLOSING:
+    def _cork_turn(self) -> None:
+        """A part of a response with more to come is about to be written: hold it, and the
+        parts sent after it in this turn of the loop, to be written together (a TURN cork)."""
+        if self.stage < _CLOSING:
             self.cork = []
             self.cork_kind = CorkKind.TURN
             self.cork_mark = self.responses_done
             # Callbacks scheduled now run after everything already due in this iteration of
             # the loop, and before the app's task can take its next step: the end of the turn.
             self.loop.call_soon(self._check_cork)
-        self._write(data)
 
     def _write(self, data: bytes) -> None:
         cork = self.cork
