@@ -188,6 +188,11 @@ class CorkKind:
     TURN: Final = 1
 
 
+# As module globals for the per-request path, like the stages above.
+_BURST: Final = CorkKind.BURST
+_TURN: Final = CorkKind.TURN
+
+
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
@@ -648,7 +653,7 @@ class HTTP11Connection(asyncio.Protocol):
     def _uncork(self) -> None:
         self._flush_cork()
         self.cork = None
-        self.cork_kind = CorkKind.BURST
+        self.cork_kind = _BURST
 
     def _start(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None] | None = None) -> None:
         """Run the app for ``cycle`` in a task, or ``coro``: the rest of a response the server
@@ -866,7 +871,7 @@ class HTTP11Connection(asyncio.Protocol):
     def _on_response_complete(self, cycle: HTTPCycle) -> None:
         if cycle is not self.active:
             return
-        if self.cork_kind == CorkKind.TURN:
+        if self.cork_kind == _TURN:
             # The response's last part joins those sent before it in this turn: one write.
             self._uncork()
         head = self.active_head
@@ -1142,7 +1147,7 @@ class HTTP11Connection(asyncio.Protocol):
         parts sent after it in this turn of the loop, to be written together (a TURN cork)."""
         if self.stage < _CLOSING:
             self.cork = []
-            self.cork_kind = CorkKind.TURN
+            self.cork_kind = _TURN
             self.cork_mark = self.responses_done
             # Callbacks scheduled now run after everything already due in this iteration of
             # the loop, and before the app's task can take its next step: the end of the turn.
