@@ -20,7 +20,7 @@ import h11
 import pytest
 
 from asgiserve.loading import new_event_loop, parser_factory
-from asgiserve.transport.connection import HTTP11Connection
+from asgiserve.transport.connection import CORK_LIMIT, HTTP11Connection
 from asgiserve.transport.state import ServerState
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -52,6 +52,8 @@ class FakeTransport(asyncio.Transport):
         self.lost = False
         #: Everything written, in order, and what the peer has not read yet.
         self.written = bytearray()
+        #: The size of each write, in order: how many there were is what corking changes.
+        self.writes: list[int] = []
         self.buffered = 0
         self.max_buffered = 0
         self.writing_paused = False
@@ -75,6 +77,7 @@ class FakeTransport(asyncio.Transport):
         return self.protocol
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))  # counted first: a refused write shows too
         assert not self.closed, "write after close"
         self.written += data
         self.buffered += len(data)
@@ -816,8 +819,9 @@ def read_all(h: Harness, expected: int) -> list[Response]:
 def test_a_big_response_waits_for_a_client_that_does_not_read(connect: Any) -> None:
     h = connect(big_or_hello)
     h.send(get("/big"), turns=50)
-    # Without pause_writing honoured, the whole MiB would be in the buffer.
-    assert h.transport.max_buffered <= HIGH_WATER + 65536
+    # Without pause_writing honoured, the whole MiB would be in the buffer. With it: the
+    # high-water mark, what a cork may hold before it is written, and one part.
+    assert h.transport.max_buffered <= HIGH_WATER + CORK_LIMIT + 65536
     assert [len(r.body) for r in read_all(h, 1)] == [1024 * 1024]
 
 
@@ -829,6 +833,186 @@ def test_a_big_response_inside_a_pipelined_burst_keeps_flow_control(connect: Any
     assert h.transport.max_buffered <= HIGH_WATER + 2 * 65536
     bodies = [r.body for r in read_all(h, 5)]
     assert bodies[:3] == [b"/1"] * 3 and len(bodies[3]) == 1024 * 1024 and bodies[4] == b"/2"
+
+
+# -- a response in parts: what is sent within one turn of the loop leaves in one write ---------
+# (issue 20, goal 5). The cork holds a response's parts until it ends or the turn does; flow
+# control, latency and ordering are as without it.
+
+
+def start(headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": headers or [], **extra}
+
+
+def part(body: bytes, more_body: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": body, "more_body": more_body}
+
+
+def chunked(*parts: bytes) -> bytes:
+    """The chunked encoding of ``parts`` with the last chunk (RFC 9112 section 7.1)."""
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+#: 16 parts of 4 KiB, each its own letter: benchmarks/apps.py ``stream``, order visible.
+SIXTEEN_PARTS = [bytes([65 + i]) * 4096 for i in range(16)]
+
+
+def test_parts_sent_within_one_turn_leave_in_one_write(connect: Any) -> None:
+    seen: list[bytes] = []
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        for body in SIXTEEN_PARTS:
+            await send(part(body))
+        await send(part(b"", more_body=False))
+        seen.append(h.output)  # the last part is not held back: out when its send returns
+
+    h = connect(stream)
+    h.send(get())
+    assert len(h.transport.writes) == 1
+    head, _, body = h.output.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body == chunked(*SIXTEEN_PARTS)
+    assert seen == [h.output]
+    assert not h.transport.closed
+
+
+def test_a_slow_app_gets_each_part_written_in_the_turn_it_was_sent(connect: Any) -> None:
+    # An app that awaits something else between parts (a server-sent event source): each part
+    # is on its way before the app's next step, one write per turn.
+    seen: list[bytes] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        for body in (b"one", b"two", b"three"):
+            await send(part(body))
+            await asyncio.sleep(0)  # one turn of the loop
+            seen.append(h.output)
+        await send(part(b"", more_body=False))
+
+    h = connect(slow)
+    h.send(get())
+    assert [output.partition(b"\r\n\r\n")[2] for output in seen] == [
+        b"3\r\none\r\n",
+        b"3\r\none\r\n3\r\ntwo\r\n",
+        b"3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n",
+    ]
+    assert len(h.transport.writes) == 4  # head and "one", "two", "three", the last chunk
+    assert h.response().body == b"onetwothree"
+
+
+def test_a_head_with_more_to_come_is_written_at_the_end_of_the_turn(connect: Any) -> None:
+    gate = asyncio.Event()
+
+    async def waits(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        await send(part(b""))  # the head goes with the first body message, here an empty one
+        await gate.wait()
+        await send(part(b"", more_body=False))
+
+    h = connect(waits)
+    h.send(get())
+    assert h.output.startswith(b"HTTP/1.1 200 OK\r\n") and h.output.endswith(b"\r\n\r\n")
+    gate.set()
+    h.step()
+    assert h.response().body == b""
+
+
+def test_parts_sent_past_a_client_that_does_not_read_make_the_app_wait(connect: Any) -> None:
+    sent = 0
+
+    async def endless(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal sent
+        await send(start())
+        for _ in range(1024):  # 1 MiB in 1 KiB parts, never awaiting anything but send()
+            await send(part(b"p" * 1024))
+            sent += 1024
+        await send(part(b"", more_body=False))
+
+    h = connect(endless)
+    h.send(get(), turns=50)
+    # The app got through the high-water mark, what a cork may hold and one part, not the MiB:
+    # the parts held back were written once over CORK_LIMIT, and the transport paused it.
+    assert h.transport.writing_paused
+    assert sent <= HIGH_WATER + CORK_LIMIT + 1024
+    assert h.transport.max_buffered <= HIGH_WATER + CORK_LIMIT + 2048
+    stuck_at = sent
+    h.step(20)
+    assert sent == stuck_at  # it waits for as long as the client does not read
+    assert [len(r.body) for r in read_all(h, 1)] == [1024 * 1024]
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["one-turn", "awaiting"])
+def test_pipelined_responses_in_parts_are_answered_in_order(connect: Any, slow: bool) -> None:
+    async def parts(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        for index in range(3):
+            await send(part(scope["path"].encode() + b".%d" % index))
+            if slow:
+                await asyncio.sleep(0)
+        await send(part(b"", more_body=False))
+
+    h = connect(parts)
+    h.send(get("/1") + get("/2") + get("/3"), turns=20)
+    assert [r.body for r in h.responses()] == [b"/1.0/1.1/1.2", b"/2.0/2.1/2.2", b"/3.0/3.1/3.2"]
+    assert h.transport.reading
+
+
+def test_trailers_end_a_response_in_parts_in_the_same_write(connect: Any) -> None:
+    async def with_trailers(scope: Any, receive: Any, send: Any) -> None:
+        await send(start(trailers=True))
+        await send(part(b"abc"))
+        await send(part(b"def", more_body=False))
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"42")]})
+
+    h = connect(with_trailers)
+    h.send(get())
+    assert len(h.transport.writes) == 1
+    assert h.output.endswith(b"3\r\nabc\r\n3\r\ndef\r\n0\r\nx-checksum: 42\r\n\r\n")
+    assert h.response().body == b"abcdef"
+
+
+def test_an_http10_response_in_parts_is_written_before_the_close(connect: Any) -> None:
+    # Close-delimited (RFC 9112 section 6.3, rule 8): the parts go out, then the close.
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        for body in SIXTEEN_PARTS:
+            await send(part(body))
+        await send(part(b"", more_body=False))
+
+    h = connect(stream)
+    h.send(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert h.transport.closed
+    assert len(h.transport.writes) == 1
+    assert h.output.partition(b"\r\n\r\n")[2] == b"".join(SIXTEEN_PARTS)
+
+
+def test_parts_held_back_go_out_before_an_abort_closes_the_connection(connect: Any) -> None:
+    async def fails(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        await send(part(b"partial"))
+        raise RuntimeError("boom")
+
+    h = connect(fails)
+    h.send(get())  # the fake transport refuses a write after close
+    assert h.transport.closed
+    assert h.output.endswith(b"7\r\npartial\r\n")
+    assert len(h.transport.writes) == 1
+
+
+def test_parts_held_back_are_dropped_when_the_client_is_gone(connect: Any) -> None:
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send(start())
+        await send(part(b"lost"))
+        h.transport.drop()  # within the turn: nothing may be written to a lost transport
+
+    h = connect(stream)
+    errors: list[dict[str, Any]] = []  # a write from a callback would fail in the loop
+    h.loop.set_exception_handler(lambda loop, context: errors.append(context))
+    h.send(get())
+    assert h.transport.lost
+    assert h.transport.writes == []
+    assert errors == []
 
 
 # -- the stage table: every transition, and a disconnect in every stage ------------------------

@@ -7,11 +7,17 @@ reports requests to us (``on_request``/``on_body``/``on_request_end``); each req
 :class:`~asgiserve.asgi.http.HTTPCycle` in a FIFO, and requests run one at a time in order
 (pipelined requests wait their turn; reading pauses while any wait, so buffered input stays
 bounded). The app for a request runs in a task started eagerly on Python 3.12+, so a simple
-response is complete before ``data_received`` returns; while we work through a burst of
-pipelined requests, writes are "corked" into one ``transport.write``. Where tasks start lazily
-(3.10, 3.11) each pipelined request takes a loop iteration, so the cork stays open across
-iterations for as long as responses keep completing (checked once per iteration), and a cork
-never holds more than ``CORK_LIMIT`` bytes.
+response is complete before ``data_received`` returns.
+
+Writes are "corked" (held in ``cork``, then written together in one ``transport.write``) in
+two cases, :class:`CorkKind`: while we work through a burst of pipelined requests (where tasks
+start lazily, on 3.10 and 3.11, each takes a loop iteration, so that cork stays open across
+iterations for as long as responses keep completing, checked once per iteration); and while an
+app sends a response in parts (``more_body``): what it sends within one turn of the loop
+leaves in one write, when the response ends or at the end of the turn, whichever is first, so
+a part is never held past the turn it was sent in. A cork never keeps more than
+``CORK_LIMIT`` bytes: beyond, they are written at once, so that the transport's flow control
+sees them and the app's ``send()`` waits while the client does not read.
 
 We are the cycle's :class:`~asgiserve.asgi.http.ResponseSink`: we decide the HTTP/1.1 framing
 (Content-Length, chunked, or close-delimited for HTTP/1.0) and whether the connection stays
@@ -78,8 +84,11 @@ __all__ = ["HTTP11Connection"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _OK = status_line(200)
-#: Bytes a cork may hold before they are written anyway.
-CORK_LIMIT = 64 * 1024
+#: Bytes a cork may hold before they are written anyway: twice the default high-water mark of
+#: asyncio's and uvloop's transports, so that a 64 KiB response sent in parts leaves in one
+#: write with its head and chunk framing. It bounds what an app can send past a client that
+#: does not read: the transport's high-water mark, this, and one part.
+CORK_LIMIT = 128 * 1024
 # Offered to every HTTP request (ASGI extensions); HTTPCycle handles the messages.
 _FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
@@ -172,6 +181,23 @@ _CLOSED: Final = Stage.CLOSED
 _RESPONSE_DONE: Final = Phase.DONE
 
 
+class CorkKind:
+    """Who writes a cork out (``HTTP11Connection.cork_kind``, meaningful while ``cork`` is
+    set)."""
+
+    #: Responses to a burst of pipelined requests: written by _run_queue once the burst is
+    #: served, or where the cork spans loop iterations, by _check_cork or the last response.
+    BURST: Final = 0
+    #: The parts of one response sent within a turn of the loop (``more_body``): written when
+    #: the response ends (_on_response_complete) or at the end of the turn (_check_cork).
+    TURN: Final = 1
+
+
+# As module globals for the per-request path, like the stages above.
+_BURST: Final = CorkKind.BURST
+_TURN: Final = CorkKind.TURN
+
+
 class _Deadline:
     """What happens when a connection's deadline passes."""
 
@@ -216,6 +242,7 @@ class HTTP11Connection(asyncio.Protocol):
         "context",
         "cork",
         "cork_bytes",
+        "cork_kind",
         "cork_mark",
         "deadline",
         "deadline_kind",
@@ -273,10 +300,12 @@ class HTTP11Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         #: How files are sent on this connection (made on first use); told when it is lost.
         self.file_sender: SocketFileSender | None = None
-        #: Responses held back to be written together (see the module docstring), their size,
-        #: and for a cork that spans loop iterations, ``responses_done`` at its last check.
+        #: Bytes held back to be written together (see the module docstring), their size, who
+        #: writes them (CorkKind), and for a cork that spans loop iterations,
+        #: ``responses_done`` at its last check.
         self.cork: list[bytes] | None = None
         self.cork_bytes = 0
+        self.cork_kind: int = CorkKind.BURST
         self.cork_mark = -1
         self.responses_done = 0
         self.deadline = 0.0
@@ -595,7 +624,8 @@ class HTTP11Connection(asyncio.Protocol):
 
     def _check_cork(self) -> None:
         """Once per loop iteration while a cork spans iterations: write it out unless
-        pipelined responses are still completing one after the other."""
+        pipelined responses are still completing one after the other. (A TURN cork's
+        response is still going, or its cork would be gone: it is written out.)"""
         if self.cork is None:
             return
         if self.responses_done != self.cork_mark and (self.active is not None or self.queue):
@@ -611,12 +641,13 @@ class HTTP11Connection(asyncio.Protocol):
             self.cork_bytes = 0
             data = b"".join(cork)
             cork.clear()
-            if self.transport is not None:
+            if self.transport is not None and self.stage < _CLOSING:
                 self.transport.write(data)
 
     def _uncork(self) -> None:
         self._flush_cork()
         self.cork = None
+        self.cork_kind = _BURST
 
     def _start(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None] | None = None) -> None:
         """Run the app for ``cycle`` in a task, or ``coro``: the rest of a response the server
@@ -834,6 +865,9 @@ class HTTP11Connection(asyncio.Protocol):
     def _on_response_complete(self, cycle: HTTPCycle) -> None:
         if cycle is not self.active:
             return
+        if self.cork_kind == _TURN:
+            # The response's last part joins those sent before it in this turn: one write.
+            self._uncork()
         head = self.active_head
         self.active = None
         self.active_head = None
@@ -948,6 +982,8 @@ class HTTP11Connection(asyncio.Protocol):
                 body = encode_chunk(body)
             if not more_body:
                 body += LAST_CHUNK
+        if more_body and self.cork is None:
+            self._cork_turn()
         self._write(encode_response_head(cycle.status, headers, default_headers, framing, body))
 
     def _app_framing(
@@ -993,6 +1029,9 @@ class HTTP11Connection(asyncio.Protocol):
         else:
             data = body
         if data:
+            if more_body and self.cork is None:
+                self._cork_turn()
+            # The last part joins the cork, if any: _on_response_complete writes it.
             self._write(data)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -1095,13 +1134,25 @@ class HTTP11Connection(asyncio.Protocol):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _cork_turn(self) -> None:
+        """A part of a response with more to come is about to be written: hold it, and the
+        parts sent after it in this turn of the loop, to be written together (a TURN cork)."""
+        if self.stage < _CLOSING:
+            self.cork = []
+            self.cork_kind = _TURN
+            self.cork_mark = self.responses_done
+            # Callbacks scheduled now run after everything already due in this iteration of
+            # the loop, and before the app's task can take its next step: the end of the turn.
+            self.loop.call_soon(self._check_cork)
+
     def _write(self, data: bytes) -> None:
         cork = self.cork
         if cork is not None:
             cork.append(data)
             self.cork_bytes += len(data)
             if self.cork_bytes > CORK_LIMIT:
-                # A long response inside a burst: write now so that flow control sees it.
+                # A long response: write now so that flow control sees it (the transport
+                # pauses us beyond its high-water mark, and send() waits in drain()).
                 self._flush_cork()
         elif self.transport is not None and self.stage < _CLOSING:
             self.transport.write(data)
@@ -1212,11 +1263,11 @@ class HTTP11Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self.stage >= _CLOSING:
             return
+        self._uncork()  # what is held back goes before the close; nothing is written after
         self._enter(_CLOSING)
         self.deadline = 0.0
         transport = self.transport
         if transport is not None:
-            self._flush_cork()
             transport.close()
 
     def shutdown(self) -> None:
