@@ -53,7 +53,8 @@ shared with every cache keyed on times: two changes within one tick of the file 
 may look like one.) That shortcut is :meth:`StaticFiles.open_remembered`.
 
 A server that built this app itself (asgiserve with ``--static``, ``--mount``) answers such a
-request without running the app, through :meth:`StaticFiles.borrow_remembered`: the same checks,
+request (and a browser's revalidation of it, with a 304 when the validators still match)
+without running the app, through :meth:`StaticFiles.borrow_remembered`: the same checks,
 made with one ``lstat`` of the remembered path and one per folder, against a descriptor the app
 keeps open for the file. Opening, checking and closing a file per request cost more than the
 rest of the server's answer (measured: a third of the request's CPU). The kept descriptor pins
