@@ -2230,3 +2230,19 @@ def test_listing_survives_a_modification_time_no_calendar_holds() -> None:
 
     page = render_listing([("odd", False, 1, 1e300)], base="", segments=[], sort=("date", True))
     assert b'href="odd"' in page
+
+
+def test_a_revalidation_below_a_mount_is_answered_by_the_server(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"app"})
+
+    server = serve(app, mounts=(f"/static={site}",), lifespan="off")
+    etag = plain_get(server, "/static/app.js")[1][b"etag"]
+    revalidate = b"If-None-Match: " + etag + b"\r\n"
+    for _ in range(2):
+        assert split_response(raw_get(server.port, b"/static/app.js", revalidate))[0] == 304
+    assert app_calls == ["/static/app.js"]
