@@ -24,7 +24,7 @@ with the server's own answer to a remembered file (``--static``); the kernel's s
 sends is not counted, only the user-space instructions around them. ``--headers`` picks the
 request: Host only (``none``, wrk's default), a browser's headers (``browser``, those of
 ``static.py``), or the browser's revalidation with the ETag and Last-Modified of a first
-response (``browser-304``: a 304, which the app answers).
+response (``browser-304``: a 304, which the server answers itself too).
 
 This touches asgiserve internals (ServerState, HTTP11Connection, the parser factory); they are
 not a stable API, so when they change, only ``make_connection`` below needs to follow.
@@ -168,7 +168,7 @@ def static_request(headers: str, validators: list[tuple[str, str]]) -> bytes:
 
 async def drive_static(requests: int, http: str, headers: str) -> dict[str, Any]:
     """``--static``: each request answered by the connection itself from a kept descriptor
-    (a 304 of ``browser-304`` by the app: conditional requests are not remembered)."""
+    (a 304 for ``browser-304``, from the same remembered file)."""
     from asgiserve.apps.mounts import served_files
     from asgiserve.apps.static import StaticFiles
 
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         choices=STATIC_HEADERS,
         help="--test static: the request's headers besides Host: none (wrk's default), browser "
-        "(a browser's GET, static.py's headline), browser-304 (its revalidation: 304 by the app)",
+        "(a browser's GET, static.py's headline), browser-304 (its revalidation: a 304)",
     )
     p.add_argument("--pipeline", type=int, default=1, help="requests per data_received call")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])

@@ -12,6 +12,7 @@ buffer is what a flow-control test measures.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -1222,3 +1223,117 @@ def test_a_task_waiting_in_receive_hears_of_the_completed_response(connect: Any)
     h.send(get())
     assert h.response().status == 200
     assert seen == ["http.disconnect"]
+
+
+# -- ANSWERING: the server's own answer to a file (--static, --mount; issue 17) ----------------
+
+
+class InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs what the loop hands to a thread at once, in the caller: the buffered file send
+    (the fake transport has no socket to sendfile to) then completes in a known number of
+    loop turns."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+FILE_BODY = bytes(range(256)) * 40
+
+
+@pytest.fixture
+def answering(connect: Any, tmp_path: Any) -> Harness:
+    """A connection of a server that serves ``tmp_path`` itself (as for ``--static``), with
+    ``/file.bin`` already served once by the app (so remembered) and its ETag known."""
+    from asgiserve.apps.mounts import served_files
+    from asgiserve.apps.static import StaticFiles
+
+    (tmp_path / "file.bin").write_bytes(FILE_BODY)
+    app = StaticFiles(tmp_path)
+    h = connect(app, files=served_files(app))
+    h.loop.set_default_executor(InlineExecutor())
+    h.send(get("/file.bin"))
+    first = h.response()
+    assert (first.status, first.body) == (200, FILE_BODY)
+    h.etag = first.header(b"etag")  # type: ignore[attr-defined]
+    assert h.connection.stage == Stage.IDLE
+    return h
+
+
+def answered_by_server(h: Harness) -> bool:
+    return h.connection.answer is not None
+
+
+def test_a_file_answer_is_sent_then_idle_and_kept_alive(answering: Harness) -> None:
+    h = answering
+    h.transport.send(get("/file.bin"))  # no loop turn yet
+    # Without a socket the file is read in a thread: the answer is ANSWERING until it is out.
+    assert h.connection.stage == Stage.ANSWERING and answered_by_server(h)
+    h.step()
+    assert h.connection.stage == Stage.IDLE and not answered_by_server(h)
+    assert h.response().body == FILE_BODY
+    assert not h.transport.closed
+    assert h.connection.deadline == h.clock.now + 5.0  # the keep-alive deadline
+    h.send(get("/file.bin"))  # and the next one on the same connection
+    assert h.response().body == FILE_BODY and h.connection.stage == Stage.IDLE
+
+
+def test_a_revalidation_is_answered_at_once_without_answering(answering: Harness) -> None:
+    h = answering
+    etag = h.etag  # type: ignore[attr-defined]
+    h.transport.send(get("/file.bin", b"If-None-Match: " + etag + b"\r\n"))
+    assert h.connection.stage == Stage.IDLE and not answered_by_server(h)
+    response = h.response()
+    assert (response.status, response.body, response.header(b"etag")) == (304, b"", etag)
+    assert not asyncio.all_tasks(h.loop)
+
+
+def test_answers_in_one_turn_wait_in_the_batch_then_finish(answering: Harness) -> None:
+    # Two pipelined GETs in one read: the first is answered at once (its file then goes on in
+    # a task), the second waits in the batch for the end of the turn: both ANSWERING.
+    h = answering
+    h.transport.send(get("/file.bin") + get("/file.bin"))
+    assert h.connection.stage == Stage.ANSWERING
+    h.step()
+    assert [r.body for r in h.responses()] == [FILE_BODY, FILE_BODY]
+    assert h.connection.stage == Stage.IDLE and not h.transport.closed
+
+
+def test_a_request_pipelined_behind_a_file_answer_comes_after_it(answering: Harness) -> None:
+    h = answering
+    h.transport.send(get("/file.bin") + get("/missing") + get("/file.bin", b"Range: bytes=0-3\r\n"))
+    assert h.connection.stage == Stage.ANSWERING
+    assert len(h.connection.queue) == 2 and not h.transport.reading  # the others wait
+    h.step(16)
+    responses = h.responses()
+    assert [(r.status, r.body) for r in responses] == [
+        (200, FILE_BODY),
+        (404, b"Not Found"),
+        (206, FILE_BODY[:4]),
+    ]
+    assert h.connection.stage == Stage.IDLE and h.transport.reading
+
+
+def test_a_file_answer_with_connection_close_closes_after_it(answering: Harness) -> None:
+    h = answering
+    h.transport.send(get("/file.bin", b"Connection: close\r\n"))
+    assert h.connection.stage == Stage.ANSWERING
+    h.step()
+    assert h.response().body == FILE_BODY
+    assert h.transport.stage_at_close == Stage.CLOSING
+    assert h.connection.stage == Stage.CLOSED
+
+
+def test_a_disconnect_while_answering(answering: Harness) -> None:
+    h = answering
+    h.transport.send(get("/file.bin"))
+    assert h.connection.stage == Stage.ANSWERING
+    h.transport.drop()
+    assert h.connection.stage == Stage.CLOSED
+    h.step()
+    assert not asyncio.all_tasks(h.loop)  # the answer's task ended
+    assert not h.state.tasks

@@ -18,8 +18,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -1174,9 +1175,9 @@ def test_mounted_folders_are_answered_below_the_root_path(
     assert app_calls == ["/api/static/sub/page.txt"] and seen == ["/api/staticx/sub/page.txt"]
 
 
-def test_answered_files_are_logged_with_the_forwarded_client(
-    serve: Any, site: Path, app_calls: list[str]
-) -> None:
+@contextlib.contextmanager
+def access_log_lines() -> Iterator[list[str]]:
+    """The access log's messages, captured while inside."""
     lines: list[str] = []
 
     class Capture(logging.Handler):
@@ -1188,14 +1189,21 @@ def test_answered_files_are_logged_with_the_forwarded_client(
     logger.handlers[:], logger.propagate = [Capture()], False
     logger.setLevel(logging.INFO)
     try:
+        yield lines
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_answered_files_are_logged_with_the_forwarded_client(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    with access_log_lines() as lines:
         server = serve(
             None, static=str(site), access_log=True, access_log_format="{client} {status} {bytes}"
         )
         for _ in range(2):
             raw_get(server.port, b"/app.js", b"X-Forwarded-For: 203.0.113.9\r\n")
         server.stop()
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
     size = (site / "app.js").stat().st_size
     assert lines == [f"203.0.113.9:0 200 {size}"] * 2
     assert len(app_calls) == 1
@@ -1830,15 +1838,24 @@ BROWSER = (
 )
 
 
+def browser_headers(accept_encoding: bytes | None) -> bytes:
+    """:data:`BROWSER`'s header lines, with this ``Accept-Encoding`` (None: without one)."""
+    if accept_encoding is None:
+        return BROWSER
+    return BROWSER + b"Accept-Encoding: %s\r\n" % accept_encoding
+
+
 def read_one_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length, read from a kept-alive connection."""
+    """One response from a kept-alive connection: a 304's head, or a head and its body (with
+    a Content-Length)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         assert chunk, data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(split_response(head + b"\r\n\r\n")[1][b"content-length"])
+    status, fields, _ = split_response(head + b"\r\n\r\n")
+    length = 0 if status == 304 else int(fields[b"content-length"])
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk
@@ -1882,9 +1899,7 @@ def test_a_browsers_request_takes_the_shortcut_with_the_apps_answer(
     coding: bytes | None,
 ) -> None:
     server = serve(None, static=str(site))
-    headers = BROWSER + (
-        b"" if accept_encoding is None else b"Accept-Encoding: %s\r\n" % accept_encoding
-    )
+    headers = browser_headers(accept_encoding)
     request = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n%s\r\n" % (target, headers)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(request)
@@ -1935,19 +1950,144 @@ def test_a_sibling_added_after_remembering_is_served_from_then_on(
     assert gzip.decompress(body) == b"p{}" * 100
 
 
-def test_conditional_and_range_requests_still_run_the_app(
+def test_other_conditional_and_range_requests_still_run_the_app(
     serve: Any, site: Path, style: bytes, app_calls: list[str]
 ) -> None:
     server = serve(None, static=str(site))
     assert plain_get(server, "/style.css")[0] == 200
-    etag = plain_get(server, "/style.css")[1][b"etag"]
+    status, fields, _ = plain_get(server, "/style.css")
+    etag, last_modified = fields[b"etag"], fields[b"last-modified"]
     assert app_calls == ["/style.css"]
+    declined = [
+        (b"GET", b"Range: bytes=0-1\r\n", 206),
+        (b"GET", b"Range: bytes=0-1\r\nIf-Range: " + etag + b"\r\n", 206),
+        (b"GET", b"If-Match: " + etag + b"\r\n", 200),
+        (b"GET", b'If-Match: "other"\r\n', 412),
+        (b"GET", b"If-Unmodified-Since: " + last_modified + b"\r\n", 200),
+        (b"GET", b"If-None-Match: " + etag + b"\r\nIf-Match: " + etag + b"\r\n", 304),
+        (b"HEAD", b"If-None-Match: " + etag + b"\r\n", 304),
+    ]
+    for method, extra, expected in declined:
+        response = raw_get(server.port, b"/style.css", extra, method=method)
+        assert split_response(response)[0] == expected, extra
+    assert app_calls == ["/style.css"] * (1 + len(declined))
+
+
+# -- revalidation answered by the server (issue 17) ----------------------------------------------
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        return read_one_response(sock)
+
+
+def revalidations(etag: bytes, last_modified: bytes) -> list[tuple[bytes, int]]:
+    """Validator headers a client may send with what it holds, and the status they get."""
+    modified = int(parsedate_to_datetime(last_modified.decode()).timestamp())
+    later = formatdate(modified + 3600, usegmt=True).encode()
+    earlier = formatdate(modified - 3600, usegmt=True).encode()
+    other = b'"0-0"'
+    inm, ims = b"If-None-Match: ", b"If-Modified-Since: "
+    return [
+        # What a browser sends: both; If-None-Match decides (RFC 9110 section 13.2.2).
+        (inm + etag + b"\r\n" + ims + last_modified + b"\r\n", 304),
+        (inm + etag + b"\r\n", 304),
+        (inm + b"W/" + etag + b"\r\n", 304),  # weak comparison (section 13.1.2)
+        (inm + other + b", " + etag + b"\r\n", 304),  # a list
+        (inm + other + b"\r\n" + inm + etag + b"\r\n", 304),  # a list over two fields
+        (inm + b"*\r\n", 304),
+        (inm + other + b"\r\n", 200),
+        (inm + etag + b"\r\n" + ims + earlier + b"\r\n", 304),
+        (inm + other + b"\r\n" + ims + last_modified + b"\r\n", 200),
+        (ims + last_modified + b"\r\n", 304),
+        (ims + later + b"\r\n", 304),
+        (ims + earlier + b"\r\n", 200),
+        (ims + b"yesterday\r\n", 200),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "accept_encoding"),
+    [
+        (b"/style.css", b"gzip, deflate, br, zstd"),
+        (b"/style.css", None),
+        (b"/sub/page.txt", b"gzip, deflate, br, zstd"),
+    ],
+)
+def test_a_revalidation_is_answered_by_the_server_as_the_app_answers_it(
+    backend: tuple[str, str],
+    serve: Any,
+    site: Path,
+    style: bytes,
+    app_calls: list[str],
+    target: bytes,
+    accept_encoding: bytes | None,
+) -> None:
+    # The server's own answer (--static) against the full lookup's (StaticFiles as the
+    # user's app, which the server never answers for), byte for byte but the Date.
+    answering = serve(None, static=str(site))
+    by_app = serve(StaticFiles(site))
+    browser = browser_headers(accept_encoding)
+    line = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n" % target
+    first = exchange(answering.port, line + browser + b"\r\n")  # remembered
+    status, fields, _ = split_response(first)
+    assert status == 200
+    cases = revalidations(fields[b"etag"], fields[b"last-modified"])
+    http10 = b"GET %s HTTP/1.0\r\nHost: t\r\n" % target
+    cases.append((cases[0][0], 304))  # HTTP/1.0 (a keep-alive header of its own), below
+    del app_calls[:]
+    for i, (validators, expected) in enumerate(cases):
+        request = (http10 if i == len(cases) - 1 else line) + browser + validators + b"\r\n"
+        answered = exchange(answering.port, request)
+        assert app_calls == [], validators  # the server answered it itself
+        expected_response = exchange(by_app.port, request)
+        del app_calls[:]
+        assert split_response(answered)[0] == expected, validators
+        assert without_date(answered) == without_date(expected_response), validators
+
+
+def test_a_revalidation_of_a_changed_file_gets_the_new_file(files_server: Any, site: Path) -> None:
+    server = files_server
+    first = plain_get(server, "/app.js")
+    etag = first[1][b"etag"]
     assert (
-        split_response(raw_get(server.port, b"/style.css", b"If-None-Match: " + etag + b"\r\n"))[0]
+        split_response(raw_get(server.port, b"/app.js", b"If-None-Match: " + etag + b"\r\n"))[0]
         == 304
     )
-    assert split_response(raw_get(server.port, b"/style.css", b"Range: bytes=0-1\r\n"))[0] == 206
-    assert app_calls == ["/style.css"] * 3
+    (site / "app.js").write_text("console.log(2) // changed")
+    status, fields, body = split_response(
+        raw_get(server.port, b"/app.js", b"If-None-Match: " + etag + b"\r\n")
+    )
+    assert (status, body) == (200, b"console.log(2) // changed")
+    assert fields[b"etag"] != etag
+
+
+def test_a_revalidation_of_a_file_whose_folder_was_moved_outside_is_404(
+    files_server: Any, site: Path, tmp_path: Path
+) -> None:
+    server = files_server
+    etag = plain_get(server, "/sub/page.txt")[1][b"etag"]
+    revalidate = b"If-None-Match: " + etag + b"\r\n"
+    assert split_response(raw_get(server.port, b"/sub/page.txt", revalidate))[0] == 304
+    (site / "sub").rename(tmp_path / "moved-out")
+    (site / "sub").symlink_to(tmp_path / "moved-out")
+    assert split_response(raw_get(server.port, b"/sub/page.txt", revalidate))[0] == 404
+
+
+def test_an_answered_revalidation_is_logged_as_a_304(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    with access_log_lines() as lines:
+        server = serve(
+            None, static=str(site), access_log=True, access_log_format="{status} {bytes}"
+        )
+        etag = plain_get(server, "/app.js")[1][b"etag"]
+        raw_get(server.port, b"/app.js", b"If-None-Match: " + etag + b"\r\n")
+        server.stop()
+    size = (site / "app.js").stat().st_size
+    assert lines == [f"200 {size}", "304 0"]
+    assert app_calls == ["/app.js"]
 
 
 # -- Vary on every response of a file with precompressed siblings (issue 17) ------------------------
@@ -2090,3 +2230,19 @@ def test_listing_survives_a_modification_time_no_calendar_holds() -> None:
 
     page = render_listing([("odd", False, 1, 1e300)], base="", segments=[], sort=("date", True))
     assert b'href="odd"' in page
+
+
+def test_a_revalidation_below_a_mount_is_answered_by_the_server(
+    serve: Any, site: Path, app_calls: list[str]
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"app"})
+
+    server = serve(app, mounts=(f"/static={site}",), lifespan="off")
+    etag = plain_get(server, "/static/app.js")[1][b"etag"]
+    revalidate = b"If-None-Match: " + etag + b"\r\n"
+    for _ in range(2):
+        assert split_response(raw_get(server.port, b"/static/app.js", revalidate))[0] == 304
+    assert app_calls == ["/static/app.js"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from asgiserve.apps.static import RememberedFile, StaticFiles, route_path
+from asgiserve.apps.static import NotModified, RememberedFile, StaticFiles, route_path
 
 if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["Mounts", "served_files"]
 
 #: ``StaticFiles.borrow_remembered``, or the same through ``Mounts``.
-BorrowRemembered = Callable[[str, Iterable[tuple[bytes, bytes]]], "RememberedFile | None"]
+BorrowRemembered = Callable[
+    [str, Iterable[tuple[bytes, bytes]]], "RememberedFile | NotModified | None"
+]
 
 
 class Mounts:
@@ -66,8 +68,8 @@ class Mounts:
 
     def borrow_remembered(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
-    ) -> RememberedFile | None:
-        """:meth:`StaticFiles.borrow_remembered` through the mounts: the file for ``route``
+    ) -> RememberedFile | NotModified | None:
+        """:meth:`StaticFiles.borrow_remembered` through the mounts: the answer for ``route``
         (the path below the server's root path) if a mounted :class:`StaticFiles` would
         answer it at once.
 

@@ -53,7 +53,8 @@ shared with every cache keyed on times: two changes within one tick of the file 
 may look like one.) That shortcut is :meth:`StaticFiles.open_remembered`.
 
 A server that built this app itself (asgiserve with ``--static``, ``--mount``) answers such a
-request without running the app, through :meth:`StaticFiles.borrow_remembered`: the same checks,
+request (and a browser's revalidation of it, with a 304 when the validators still match)
+without running the app, through :meth:`StaticFiles.borrow_remembered`: the same checks,
 made with one ``lstat`` of the remembered path and one per folder, against a descriptor the app
 keeps open for the file. Opening, checking and closing a file per request cost more than the
 rest of the server's answer (measured: a third of the request's CPU). The kept descriptor pins
@@ -81,7 +82,7 @@ from asgiserve.apps.listing import Entry, render_listing, sort_from_query
 if TYPE_CHECKING:
     from asgiserve.asgi.types import Message, Receive, Scope, Send
 
-__all__ = ["OPEN_REMEMBERED", "RememberedFile", "StaticFiles"]
+__all__ = ["OPEN_REMEMBERED", "NotModified", "RememberedFile", "StaticFiles", "not_modified"]
 
 #: Bytes per read when the server offers no file extension.
 CHUNK_SIZE = 256 * 1024
@@ -177,21 +178,46 @@ _Paths = tuple[tuple[str, _Identity], ...]
 _Remember = tuple[str, _Paths, tuple[str, ...]]
 
 
+class NotModified:
+    """The 304 of a remembered representation, for a server that answers a revalidation
+    itself (:meth:`StaticFiles.borrow_remembered`): the headers :meth:`StaticFiles._respond`
+    gives a 304 of that representation (:func:`_not_modified_headers`), and no body."""
+
+    __slots__ = ("encoded_headers", "headers")
+
+    #: What the server reads (transport/state.py, ``FileAnswer``): no body, no descriptor.
+    status = 304
+    fd = -1
+    size = 0
+
+    def __init__(self, headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.headers = headers
+        #: Free for the server that answers from this entry (made on its first use there).
+        self.encoded_headers: bytes | None = None
+
+
 class RememberedFile:
     """A remembered representation (see the module docstring): the path and identity of the
-    file sent, of the folders it was found through, and the 200 response headers; while a
-    server answers from it, an open descriptor and those headers in the server's wire form."""
+    file sent, of the folders it was found through, the 200 response headers, the validators
+    a revalidation is compared with, and its 304; while a server answers from it, an open
+    descriptor and those headers in the server's wire form."""
 
     __slots__ = (
         "checks",
         "encoded_headers",
+        "etag",
         "fd",
         "folders",
         "headers",
         "identity",
+        "modified",
+        "not_modified",
         "path",
         "size",
     )
+
+    #: A 200 whose body is the file (transport/state.py, ``FileAnswer``).
+    status = 200
 
     def __init__(
         self,
@@ -199,6 +225,9 @@ class RememberedFile:
         identity: _Identity,
         headers: tuple[tuple[bytes, bytes], ...],
         folders: _Paths,
+        not_modified: tuple[tuple[bytes, bytes], ...],
+        etag: bytes,
+        modified: int,
     ) -> None:
         self.path = path
         self.identity = identity
@@ -207,6 +236,11 @@ class RememberedFile:
         #: What borrow_remembered checks: the file, then its folders.
         self.checks = ((path, identity), *folders)
         self.size = identity[2]
+        #: The ETag and Last-Modified (as a Unix time) of the 200, which the preconditions
+        #: of a revalidation are evaluated against (RFC 9110 section 13.2.2).
+        self.etag = etag
+        self.modified = modified
+        self.not_modified = NotModified(not_modified)
         #: Kept open for :meth:`StaticFiles.borrow_remembered`; -1 when not.
         self.fd = -1
         #: Free for the server that answers from this entry (made on its first use there).
@@ -368,9 +402,10 @@ class StaticFiles:
         conditional or ranged, the opened file (the caller closes it) and the remembered
         representation the request's ``Accept-Encoding`` chooses; None for everything else,
         which the full lookup serves."""
-        known = self._remembered_for(route, request_headers)
-        if known is None:
-            return None
+        found = self._remembered_for(route, request_headers)
+        if found is None or found[1] is not None or found[2] is not None:
+            return None  # a revalidation: the full lookup answers it
+        known = found[0]
         # The file itself is checked on the descriptor (_open_known).
         if not self._unchanged(known.folders):
             self._forget(route)
@@ -382,22 +417,32 @@ class StaticFiles:
 
     def borrow_remembered(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
-    ) -> RememberedFile | None:
+    ) -> RememberedFile | NotModified | None:
         """:meth:`open_remembered` for a server that answers the request itself, without
         running this app: the remembered file, whose ``fd`` stays this app's. It is valid
         until the next call into this app, which may close it (``fd`` is then -1): read
         ``fd`` again before each use, or ``os.dup`` it to keep it.
 
+        A browser's revalidation (``If-None-Match``, ``If-Modified-Since``) of a remembered
+        representation gets its :class:`NotModified` when :meth:`_respond` would answer 304
+        (:func:`not_modified`, RFC 9110 section 13.2.2), else the file as for a plain GET
+        (what the full lookup sends then). Any other precondition or a range gets None.
+
         Blocking calls on the event loop: one ``lstat`` of a local file and one per folder on
-        its way (and, the first time, an open and ``fstat``); the bytes are sent by the
-        server, never read here.
+        its way (and, the first time a 200 is answered, an open and ``fstat``); the bytes are
+        sent by the server, never read here.
         """
-        known = self._remembered_for(route, request_headers)
-        if known is None:
+        found = self._remembered_for(route, request_headers)
+        if found is None:
             return None
+        known, none_match, modified_since = found
         if not self._unchanged(known.checks):
             self._forget(route)
             return None
+        if (none_match is not None or modified_since is not None) and not_modified(
+            none_match, modified_since, known.etag, known.modified
+        ):
+            return known.not_modified
         if known.fd < 0:
             held = self._held
             if len(held) >= self.open_files:
@@ -415,20 +460,34 @@ class StaticFiles:
 
     def _remembered_for(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]]
-    ) -> RememberedFile | None:
+    ) -> tuple[RememberedFile, bytes | None, bytes | None] | None:
         """The remembered representation of ``route`` that the request's Accept-Encoding
-        chooses, if the request has none of the conditional or range headers."""
+        chooses, with the request's ``If-None-Match`` and ``If-Modified-Since`` (None when
+        absent; repeated fields joined, as :meth:`__call__` joins them); None if there is none
+        or the request has another of the conditional or range headers."""
         entry = self._known.get(route)
         if entry is None:
             return None
         accept: bytes | None = None
+        none_match: bytes | None = None
+        modified_since: bytes | None = None
         for key, value in request_headers:
             if key in _CONDITIONAL_HEADERS:
-                return None
-            if key == b"accept-encoding":
+                if key == b"if-none-match":
+                    none_match = value if none_match is None else none_match + b", " + value
+                elif key == b"if-modified-since":
+                    modified_since = (
+                        value if modified_since is None else modified_since + b", " + value
+                    )
+                else:
+                    return None  # If-Match, If-Unmodified-Since, Range, If-Range
+            elif key == b"accept-encoding":
                 accept = value if accept is None else accept + b", " + value
         codings = entry.codings
-        return entry.files.get(self._coding_for(accept, codings) if codings else None)
+        known = entry.files.get(self._coding_for(accept, codings) if codings else None)
+        if known is None:
+            return None
+        return known, none_match, modified_since
 
     def _coding_for(self, accept_encoding: bytes | None, codings: tuple[str, ...]) -> str | None:
         """:func:`choose_coding`, kept per (Accept-Encoding, codings)."""
@@ -448,7 +507,15 @@ class StaticFiles:
         stat_of = self._stat
         try:
             for path, identity in paths:
-                if _identity(stat_of(path)) != identity:
+                info = stat_of(path)
+                # _identity(info), inlined: this runs for every answer the server makes.
+                if (
+                    info.st_ino,
+                    info.st_dev,
+                    info.st_size,
+                    info.st_mtime_ns,
+                    info.st_ctime_ns,
+                ) != identity:
                     return False
         except OSError:
             return False
@@ -492,6 +559,8 @@ class StaticFiles:
         path: str,
         info: os.stat_result,
         headers: _Headers,
+        not_modified_headers: tuple[tuple[bytes, bytes], ...],
+        etag: bytes,
     ) -> None:
         route, folders, codings = remember
         known = self._known
@@ -508,7 +577,15 @@ class StaticFiles:
             if previous is not None and previous.fd >= 0:
                 del self._held[previous]
                 _let_go(previous)
-        entry.files[coding] = RememberedFile(path, _identity(info), tuple(headers), folders)
+        entry.files[coding] = RememberedFile(
+            path,
+            _identity(info),
+            tuple(headers),
+            folders,
+            not_modified_headers,
+            etag,
+            int(info.st_mtime),
+        )
 
     def _forget(self, route: str) -> None:
         entry = self._known.pop(route, None)
@@ -749,10 +826,7 @@ class StaticFiles:
         method = scope["method"]
         status = evaluate_preconditions(request, etag, modified) if request else 200
         if status == 304:
-            # RFC 9110 section 15.4.5: the fields a 200 would carry for caches (ETag,
-            # Cache-Control, Vary), not the representation's metadata.
-            vary = [(k, v) for k, v in headers if k == b"vary"]
-            await _send_empty(send, 304, [*validators, *vary])
+            await _send_empty(send, 304, [*_not_modified_headers(headers, validators)])
             return
         if status == 412:
             await _simple(send, 412, b"Precondition Failed", [], method)
@@ -772,7 +846,15 @@ class StaticFiles:
         if ranges is None:
             headers.append((b"content-length", b"%d" % size))
             if remember is not None and fd >= 0:
-                self._remember(remember, coding, path, info, headers)
+                self._remember(
+                    remember,
+                    coding,
+                    path,
+                    info,
+                    headers,
+                    _not_modified_headers(headers, validators),
+                    etag,
+                )
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if fd >= 0 and "http.response.zerocopysend" in (scope.get("extensions") or ()):
                 # _body(), inlined for the common case.
@@ -1040,15 +1122,32 @@ def evaluate_preconditions(request: dict[bytes, bytes], etag: bytes, modified: i
         since = _parse_date(request.get(b"if-unmodified-since"))
         if since is not None and modified > since:
             return 412
-    if_none_match = request.get(b"if-none-match")
-    if if_none_match is not None:
-        if etag_matches(if_none_match, etag, weak=True):
-            return 304
-    else:
-        since = _parse_date(request.get(b"if-modified-since"))
-        if since is not None and modified <= since:
-            return 304
+    if not_modified(
+        request.get(b"if-none-match"), request.get(b"if-modified-since"), etag, modified
+    ):
+        return 304
     return 200
+
+
+def not_modified(
+    if_none_match: bytes | None, if_modified_since: bytes | None, etag: bytes, modified: int
+) -> bool:
+    """Whether a GET/HEAD gets 304 (RFC 9110 section 13.2.2, steps 3 and 4, once If-Match and
+    If-Unmodified-Since passed): If-None-Match, weakly compared (section 13.1.2), decides when
+    present; only without it does If-Modified-Since count (section 13.1.3)."""
+    if if_none_match is not None:
+        return if_none_match == etag or etag_matches(if_none_match, etag, weak=True)
+    since = _parse_date(if_modified_since)
+    return since is not None and modified <= since
+
+
+def _not_modified_headers(
+    headers: _Headers, validators: _Headers
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of a 304 (RFC 9110 section 15.4.5): those a 200 would carry for caches
+    (ETag, Cache-Control: ``validators``; Vary from ``headers``), not the representation's
+    metadata (Content-Type, Last-Modified: the ETag makes it unneeded)."""
+    return (*validators, *[(k, v) for k, v in headers if k == b"vary"])
 
 
 def etag_matches(header: bytes, etag: bytes, *, weak: bool) -> bool:

@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from asgiserve.asgi.errors import ClientDisconnected
@@ -569,39 +569,6 @@ class HTTPCycle:
             await sink.drain()
             if self.disconnected:
                 raise ClientDisconnected("client disconnected")
-
-    def finish_file(
-        self, headers: list[tuple[bytes, bytes]], count: int, fd: int, rest: Awaitable[None]
-    ) -> Coroutine[Any, Any, None]:
-        """Take over a response the server began without an app: a 200 with ``headers``
-        (holding ``content-length: count``), whose head and first bytes of the file ``fd``
-        are sent and whose ``rest`` must wait for the socket (``--static``, ``--mount``; see
-        transport/connection.py). From here on it is what an app's ``http.response.start``
-        and ``http.response.zerocopysend`` would have made: the same completion, failure
-        handling, keep-alive and access log. Returns the coroutine to run as the request's
-        task; it closes ``fd``."""
-        self.status = 200
-        self.response_headers = headers
-        self.content_length = count
-        self.bytes_sent = count
-        self.phase = _BODY
-        return self._finish_file(rest, fd)
-
-    async def _finish_file(self, rest: Awaitable[None], fd: int) -> None:
-        try:
-            await rest
-        except asyncio.CancelledError:
-            self._abort_if_unfinished()
-            raise
-        except Exception as exc:
-            logger.error("Exception sending a file", exc_info=exc)
-            self._fail("file send failed")  # the head is out: an abort
-        else:
-            if self.phase is not _DONE:  # else the client went away meanwhile
-                self._complete()
-        finally:
-            os.close(fd)
-            self._unregister()
 
     @staticmethod
     def _coerce_body(body: Any) -> bytes:

@@ -68,11 +68,11 @@ from asgiserve.transport.state import EAGER_TASKS, start_task
 from asgiserve.transport.tls import tls_extension
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine
+    from collections.abc import Awaitable
 
     from asgiserve.asgi.types import Message, Receive, Scope, Send
     from asgiserve.transport.state import (
-        RememberedFile,
+        FileAnswer,
         RememberedFiles,
         RequestParser,
         ServerState,
@@ -226,9 +226,9 @@ def _send_answers(state: ServerState) -> None:
     state.answer_batch = None
     if not batch:
         return
-    for connection, head, remembered, prefix, close in batch:
+    for connection in batch:
         try:
-            connection._send_answer(head, remembered, prefix, close)
+            connection._send_answer()
         except Exception:  # a bug: lose this connection, not the others' answers
             logger.exception("Exception sending a response")
             connection.abort()
@@ -238,6 +238,7 @@ class HTTP11Connection(asyncio.Protocol):
     __slots__ = (
         "active",
         "active_head",
+        "answer",
         "body_progress",
         "context",
         "cork",
@@ -281,6 +282,8 @@ class HTTP11Connection(asyncio.Protocol):
         #: The request whose response is being produced.
         self.active: HTTPCycle | None = None
         self.active_head: RequestHead | None = None
+        #: The server's own answer to ``active_head`` while it is being sent (_answer_file).
+        self.answer: FileAnswer | None = None
         #: Where the connection stands (see Stage).
         self.stage: int = _IDLE
         #: The request whose body the parser is reading (the active one or the last queued).
@@ -649,19 +652,16 @@ class HTTP11Connection(asyncio.Protocol):
         self.cork = None
         self.cork_kind = _BURST
 
-    def _start(self, cycle: HTTPCycle, coro: Coroutine[Any, Any, None] | None = None) -> None:
-        """Run the app for ``cycle`` in a task, or ``coro``: the rest of a response the server
-        began itself (_answer_file)."""
+    def _start(self, cycle: HTTPCycle) -> None:
+        """Run the app for ``cycle`` in a task."""
         state = self.state
-        if coro is None:
-            if state.access_log is not None:
-                self.started_at = perf_counter()
-            app = state.app
-            limit = state.limit_concurrency
-            if limit is not None and self._over_limit(limit):
-                app = _service_unavailable
-            coro = cycle.run(app)
-        task = start_task(self.loop, coro, self.context.copy())
+        if state.access_log is not None:
+            self.started_at = perf_counter()
+        app = state.app
+        limit = state.limit_concurrency
+        if limit is not None and self._over_limit(limit):
+            app = _service_unavailable
+        task = start_task(self.loop, cycle.run(app), self.context.copy())
         if not task.done():
             # Tracked for shutdown; the coroutine removes it when it returns.
             cycle.task = task
@@ -696,12 +696,12 @@ class HTTP11Connection(asyncio.Protocol):
         return len(state.connections) > limit_concurrency or len(state.tasks) >= limit_concurrency
 
     def _answer_file(self, head: RequestHead, files: RememberedFiles) -> bool:
-        """``--static``/``--mount``: answer a plain GET of a file served here before with what
-        the app would send (StaticFiles.borrow_remembered), without an ASGI cycle: no scope,
-        no task, no messages; the head and the file go to the socket together (MSG_MORE, then
-        sendfile). What the socket does not take at once (a slow client, a large file; under
-        TLS, all of it) is handed to an HTTPCycle, which finishes it as an app's response. False
-        when this is not such a request: it goes to the app.
+        """``--static``/``--mount``: answer a GET of a file served here before with what the
+        app would send (StaticFiles.borrow_remembered: the file, or a 304 to a browser's
+        revalidation), without an ASGI cycle: no scope, no task, no messages; the head and the
+        file go to the socket together (MSG_MORE, then sendfile). What the socket does not take
+        at once (a slow client, a large file; under TLS, all of it) is sent by a task of this
+        connection (_finish_answer). False when this is not such a request: it goes to the app.
 
         The first such answer in a turn of the event loop is sent at once; those for the other
         connections read in the same turn wait in ``state.answer_batch`` and are sent one after
@@ -713,54 +713,61 @@ class HTTP11Connection(asyncio.Protocol):
         limit = state.limit_concurrency
         if limit is not None and self._over_limit(limit):
             return False  # _start answers 503
-        remembered = files(decode_path(head.path), head.headers)
-        if remembered is None:
+        answer = files(decode_path(head.path), head.headers)
+        if answer is None:
             return False
         if state.access_log is not None:
             self.started_at = perf_counter()
-        close = not head.keep_alive or not self.keep_alive or state.draining
-        block = remembered.encoded_headers
-        if block is None:
-            block = remembered.encoded_headers = encode_header_block(remembered.headers)
-        prefix = b"".join(
-            (
-                _OK,
-                state.default_headers,
-                block,
-                end_of_head(close, head.http_version == "1.0"),
-            )
-        )
+        self.answer = answer
+        self.active_head = head
         self.response_chunked = False
-        self.response_close = close
+        self.response_close = not head.keep_alive or not self.keep_alive or state.draining
         batch = state.answer_batch
         if batch is None:
             state.answer_batch = []
             self.loop.call_soon(_send_answers, state)
-            self._send_answer(head, remembered, prefix, close)
+            self._send_answer()
         else:
             self._enter(_ANSWERING)
             self.deadline = 0.0
             self.deadline_kind = _Deadline.NONE
-            batch.append((self, head, remembered, prefix, close))
+            batch.append(self)
         return True
 
-    def _send_answer(
-        self, head: RequestHead, remembered: RememberedFile, prefix: bytes, close: bool
-    ) -> None:
-        """Send an answer made by _answer_file, at once or from the batch; then carry on
-        with the connection as _on_response_complete does."""
+    def _send_answer(self) -> None:
+        """Send the answer _answer_file made (``answer``, for ``active_head``), at once or
+        from the batch."""
         if self.stage >= _CLOSING:
             return  # lost while the answer waited
-        fd = remembered.fd
-        if fd < 0:
+        answer = self.answer
+        head = self.active_head
+        assert answer is not None and head is not None
+        status = answer.status
+        fd = answer.fd
+        if fd < 0 and status == 200:
             # StaticFiles closed the descriptor while the answer waited (it kept too many, or
             # the file changed): the app answers after all.
             self._answer_with_app(head)
             return
-        state = self.state
+        block = answer.encoded_headers
+        if block is None:
+            block = answer.encoded_headers = encode_header_block(answer.headers)
+        prefix = b"".join(
+            (
+                _OK if status == 200 else status_line(status),
+                self.state.default_headers,
+                block,
+                end_of_head(self.response_close, head.http_version == "1.0"),
+            )
+        )
+        size = answer.size
+        if not size:
+            # A 304 (RFC 9110 section 15.4.5: no body), or an empty file: the head is all.
+            self._write(prefix)
+            self._answered()
+            return
         transport = self.transport
         assert transport is not None
-        size = remembered.size
         sender = self.file_sender
         if sender is None:
             sender = self.file_sender = SocketFileSender.for_transport(self.loop, transport)
@@ -772,85 +779,84 @@ class HTTP11Connection(asyncio.Protocol):
                 sent = -1
             if sent < 0:
                 self._file_lost()
+                self._answered()
                 return
             if sent == size:
-                # The response is complete: what _on_response_complete does for the others.
-                self.responses_done += 1
-                if state.access_log is not None:
-                    self._log_answered(head, remembered)
-                if close:
-                    self._close()
-                else:
-                    self._after_answer()
+                self._answered()
                 return
-            fd = os.dup(fd)  # remembered.fd is only lent until we return
+            fd = os.dup(fd)  # answer.fd is only lent until we return
             rest = self._send_rest(sender, fd, sent, size - sent, False)
         else:
-            transport.write(prefix)
+            self._write(prefix)
             fd = os.dup(fd)
             rest = send_file_buffered(self, fd, 0, size, False)
-        cycle = self._cycle_without_body(self._scope_for_log(head))
-        self._enter(_RESPONDING)
-        self.active = cycle
-        self.active_head = head
-        self.deadline = 0.0
-        self.deadline_kind = _Deadline.NONE
-        self._start(cycle, cycle.finish_file([*remembered.headers], size, fd, rest))
+        if self.stage != _ANSWERING:
+            self._enter(_ANSWERING)  # answered at once from IDLE or HEAD
+            self.deadline = 0.0
+            self.deadline_kind = _Deadline.NONE
+        task = start_task(self.loop, self._finish_answer(rest, fd), self.context.copy())
+        if not task.done():
+            # Tracked for shutdown, as an app's task is.
+            tasks = self.state.tasks
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-    def _after_answer(self) -> None:
-        """After the server's own answer, kept alive: what may have come meanwhile if it
-        waited in the batch (pipelined requests queued behind it, a protocol error, a graceful
-        shutdown), else the deadline for the next request. _on_response_complete does the same
-        for a cycle, inline (every app response passes there) and with the cycle's own cases."""
-        if self.stage != _IDLE:
-            self._enter(_IDLE)  # from ANSWERING, or HEAD when answered at once
-        pending_error = self.pending_error
-        draining = self.state.draining
-        if self.queue and self.keep_alive and not draining:
-            self._run_queue()
-        elif pending_error is not None:
-            self._send_error(pending_error)
-        elif not self.keep_alive or draining:
-            self._close()
-        else:
-            # Idle: the deadline for the next request (its head, if part of it is here).
-            state = self.state
-            if self.parser.in_head:
-                self._enter(_HEAD)
-                self._set_deadline(_Deadline.HEAD, state.head_timeout)
-            else:
-                self._set_deadline(_Deadline.IDLE, state.keep_alive_timeout)
-            if self.reading_paused:
-                self._update_reading()
+    async def _finish_answer(self, rest: Awaitable[None], fd: int) -> None:
+        """The rest of the server's answer: the file from ``fd`` (a duplicate, closed here)
+        as the socket takes it; a failure aborts the connection (the head is out)."""
+        try:
+            await rest
+        except asyncio.CancelledError:  # shutdown's deadline passed
+            self.abort()
+            raise
+        except Exception:  # the file's fault (it shrank, EIO)
+            logger.exception("Exception sending a file")
+            self.abort()
+        finally:
+            os.close(fd)
+            self._answered()
+
+    def _answered(self) -> None:
+        """The server's own answer is out (or lost): logged, then the connection carries on
+        as after any response (_response_done)."""
+        answer = self.answer
+        head = self.active_head
+        assert answer is not None and head is not None
+        self.answer = None
+        self.active_head = None
+        access_log = self.state.access_log
+        if access_log is not None:
+            access_log(
+                self._scope_for_log(head),
+                answer.status,
+                answer.size,
+                self.started_at,
+                [*answer.headers],
+            )
+        self._response_done(True, False)
 
     def _answer_with_app(self, head: RequestHead) -> None:
-        """Hand a request the server meant to answer itself (a plain GET, no body) to the app,
+        """Hand a request the server meant to answer itself (a GET, no body) to the app,
         ahead of any pipelined behind it."""
+        self.answer = None
+        self.active_head = None
         if self.stage == _ANSWERING:
             self._enter(_IDLE)
-        self.queue.appendleft((self._cycle_without_body(self._scope_of(head)), head))
-        self._run_queue()
-
-    def _cycle_without_body(self, scope: Scope) -> HTTPCycle:
-        return HTTPCycle(
-            scope,
+        cycle = HTTPCycle(
+            self._scope_of(head),
             self,
             expect_continue=False,
             has_body=False,
             on_complete=self._on_response_complete,
         )
+        self.queue.appendleft((cycle, head))
+        self._run_queue()
 
     def _scope_of(self, head: RequestHead) -> Scope:
         """The scope of ``head``, as the app sees it."""
         info = self.info
         assert info is not None
         return http_scope(info, head.method, head.http_version, head.path, head.query, head.headers)
-
-    def _log_answered(self, head: RequestHead, remembered: RememberedFile) -> None:
-        access_log = self.state.access_log
-        assert access_log is not None
-        scope = self._scope_for_log(head)
-        access_log(scope, 200, remembered.size, self.started_at, [*remembered.headers])
 
     def _scope_for_log(self, head: RequestHead) -> Scope:
         """The scope of a request the server answers without the app, as the access log
@@ -871,45 +877,52 @@ class HTTP11Connection(asyncio.Protocol):
         head = self.active_head
         self.active = None
         self.active_head = None
-        self.responses_done += 1
         access_log = self.state.access_log
         if access_log is not None:
             access_log(
                 cycle.scope, cycle.status, cycle.bytes_sent, self.started_at, cycle.response_headers
             )
+        keep_alive = (
+            head is not None
+            and head.keep_alive
+            and cycle.phase is _RESPONSE_DONE
+            and not cycle.disconnected
+        )
+        unread_body = keep_alive and not cycle.request_complete
+        if unread_body:
+            if cycle.expect_continue and not cycle.continue_sent:
+                # RFC 9110 section 10.1.1: we answered without asking for the body, so we
+                # cannot tell whether the client will send it: start afresh.
+                keep_alive = unread_body = False
+            else:
+                cycle.chunks.clear()  # dropped with the rest of the body (DISCARDING)
+        self._response_done(keep_alive, unread_body)
+
+    def _response_done(self, keep_alive: bool, unread_body: bool) -> None:
+        """Where every response ends, an app's (_on_response_complete) or the server's own
+        answer (_answered): the connection closes, or carries on with what came meanwhile
+        (pipelined requests, a protocol error, a graceful shutdown) or waits for the next
+        request. ``keep_alive``: the response allows it; ``unread_body``: the rest of the
+        request body is to be read and dropped first."""
+        self.responses_done += 1
         if self.stage >= _CLOSING:
             return
         pending_error = self.pending_error
         if pending_error is not None and not self.queue:
             self._send_error(pending_error)
             return
-        keep_alive = (
-            self.keep_alive
-            and not self.response_close
-            and head is not None
-            and head.keep_alive
-            and not self.state.draining
-            and cycle.phase is _RESPONSE_DONE
-            and not cycle.disconnected
-        )
-        discarding = False
-        if keep_alive and not cycle.request_complete:
-            if cycle.expect_continue and not cycle.continue_sent:
-                # RFC 9110 section 10.1.1: we answered without asking for the body, so we
-                # cannot tell whether the client will send it: start afresh.
-                keep_alive = False
-            else:
-                # The app did not read the whole body: read and drop the rest at full speed
-                # (reading resumes below), then go on.
-                self._enter(_DISCARDING)
-                self.discarded = 0
-                cycle.chunks.clear()
-                discarding = True
-        if not keep_alive:
+        if not keep_alive or not self.keep_alive or self.response_close or self.state.draining:
             self._close()
             return
-        if not discarding:
-            self._enter(_IDLE)
+        if unread_body:
+            # The app did not read the whole body: read and drop the rest at full speed
+            # (reading resumes below), then go on.
+            self._enter(_DISCARDING)
+            self.discarded = 0
+        else:
+            # RECEIVING, RESPONDING or ANSWERING (or IDLE, HEAD for an answer sent at once)
+            # to IDLE: allowed by the table; set directly, as every response passes here.
+            self.stage = _IDLE
         if self.queue:
             if not EAGER_TASKS:
                 self._run_queue()  # the next task starts at the loop's next turn anyway
@@ -922,7 +935,7 @@ class HTTP11Connection(asyncio.Protocol):
             return
         if self.cork is not None and not EAGER_TASKS:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
-        if discarding:
+        if unread_body:
             self.body_progress = 0
             self._set_deadline(_Deadline.BODY, self.state.body_timeout)
         elif self.parser.in_head:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from asgiserve.asgi.types import ASGIApp, Scope
     from asgiserve.logging import AccessLog
-    from asgiserve.protocols.http11 import RequestHead, RequestSink
+    from asgiserve.protocols.http11 import RequestSink
     from asgiserve.transport.connection import HTTP11Connection
     from asgiserve.transport.http2 import H2Settings
     from asgiserve.transport.tls import TLSInfo
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EAGER_TASKS",
-    "RememberedFile",
+    "FileAnswer",
     "RememberedFiles",
     "RequestParser",
     "ServerState",
@@ -73,31 +73,38 @@ else:
         return context.run(loop.create_task, coro)
 
 
-class RememberedFile(Protocol):
-    """A file the server answers itself (``--static``, ``--mount``), as the transport sees it;
-    a server-side component fills it in (``apps/static.py``), so that the transport imports
-    nothing from the apps."""
+class FileAnswer(Protocol):
+    """The server's own answer to a request for a file it serves (``--static``, ``--mount``),
+    as the transport sees it: a 200 whose body is the file, or a 304. A server-side component
+    fills it in (``apps/static.py``), so that the transport imports nothing from the apps."""
 
-    #: An open descriptor, lent for the call; -1 once let go (the app answers instead).
-    fd: int
-    size: int
-    #: The 200 response's headers, and their wire form (made by the server on first use).
-    headers: tuple[tuple[bytes, bytes], ...]
+    #: 200 (the file follows the head) or 304 (no body: RFC 9110 section 15.4.5).
+    @property
+    def status(self) -> int: ...
+
+    #: An open descriptor of the file, lent for the call; -1 once let go (the app answers
+    #: instead) and always for a 304.
+    @property
+    def fd(self) -> int: ...
+
+    #: Bytes of the body: the file's size, 0 for a 304.
+    @property
+    def size(self) -> int: ...
+
+    #: The response's headers, and their wire form (made by the server on first use).
+    @property
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
+
     encoded_headers: bytes | None
 
 
-if TYPE_CHECKING:
-    #: An answer waiting for the end of the loop's turn (``ServerState.answer_batch``): the
-    #: connection, the request, the file, the response head, and whether to close after it.
-    PendingAnswer = tuple[HTTP11Connection, RequestHead, RememberedFile, bytes, bool]
-
-
 class RememberedFiles(Protocol):
-    """``StaticFiles.borrow_remembered`` (apps/static.py), or the same through ``Mounts``."""
+    """``StaticFiles.borrow_remembered`` (apps/static.py), or the same through ``Mounts``:
+    the answer to a GET of ``route`` with these request headers, or None (the app answers)."""
 
     def __call__(
         self, route: str, request_headers: Iterable[tuple[bytes, bytes]], /
-    ) -> RememberedFile | None: ...
+    ) -> FileAnswer | None: ...
 
 
 class ServerState:
@@ -163,10 +170,10 @@ class ServerState:
         #: What the server's middleware does to a scope before the app sees it (proxy
         #: headers), for the requests answered without the app.
         self.rewrite_scope = rewrite_scope
-        #: Answers to ``files`` requests waiting for the end of this turn of the loop, to be
-        #: sent together (transport/connection.py, ``_answer_file``); None while no turn is
-        #: collecting them.
-        self.answer_batch: list[PendingAnswer] | None = None
+        #: Connections whose answer to a ``files`` request waits for the end of this turn of
+        #: the loop, to be sent together (each holds its answer: transport/connection.py,
+        #: ``_answer_file``); None while no turn is collecting them.
+        self.answer_batch: list[HTTP11Connection] | None = None
         #: Pre-encoded ``server``/``date``/``--header`` lines, refreshed once a second.
         self.default_headers = b""
         self.connections: set[Any] = set()
