@@ -24,6 +24,7 @@ import h2.settings
 import pytest
 from h2.errors import ErrorCodes
 
+from asgiserve.protocols.http2 import StreamError, parse_request
 from tests.apps import read_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,6 +367,17 @@ def test_connection_specific_header_is_a_stream_error(server: Any) -> None:
     bad = client.request("/", headers=[("connection", "keep-alive")])
     assert client.response(bad)["reset"] == ErrorCodes.PROTOCOL_ERROR
     client.close()
+
+
+@pytest.mark.parametrize("bad", [b"a\rb", b"a\nb", b"a\x00b", b"\r", b"ab\n"])
+def test_cr_lf_or_nul_in_a_field_value_is_a_stream_error(bad: bytes) -> None:
+    # RFC 9113 section 8.2.1, checked by the sans-I/O core itself (h2 may be told not to).
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+    assert parse_request([*base, (b"x-ok", b"a\tb c")]).headers == [(b"x-ok", b"a\tb c")]
+    with pytest.raises(StreamError, match="CR, LF or NUL"):
+        parse_request([*base, (b"x-bad", bad)])
+    with pytest.raises(StreamError, match="fragment"):
+        parse_request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a#b")])
 
 
 def test_rapid_reset_gets_enhance_your_calm_and_others_are_served(serve: Any) -> None:

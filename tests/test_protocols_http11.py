@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from asgiserve.protocols import http11
 from asgiserve.protocols.errors import ProtocolError
 from asgiserve.protocols.h11_parser import H11Parser
 from asgiserve.protocols.http11 import (
@@ -521,6 +522,46 @@ def test_ows_around_field_values_is_not_part_of_them(parser_class: Any) -> None:
     ]
     assert head.expect_continue is True
     assert sink.bodies() == [b"hello"]
+
+
+def test_field_lines_seen_before_split_the_same_and_the_memory_of_them_is_bounded(
+    parser_class: Any,
+) -> None:
+    # split_fields remembers the lines it has split (clients repeat them): what it remembers
+    # must be what a fresh split gives, and its size must not grow with the traffic.
+    http11._FIELD_CACHE.clear()
+    request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Mixed-Case: \t Value \r\nAccept: */*\r\n\r\n"
+    first, again = parse(parser_class, request, request).heads
+    assert (
+        first.headers
+        == again.headers
+        == [
+            (b"host", b"a"),
+            (b"x-mixed-case", b"Value"),
+            (b"accept", b"*/*"),
+        ]
+    )
+    assert b"X-Mixed-Case: \t Value " in http11._FIELD_CACHE
+
+    # Lines that differ only in case are entries of their own: names lowered alike, values
+    # kept as sent.
+    variant = request.replace(b"X-Mixed-Case: \t Value", b"x-MIXED-case: \t VALUE")
+    (head,) = parse(parser_class, variant).heads
+    assert head.headers[1] == (b"x-mixed-case", b"VALUE")
+
+    # Ten times the capacity of distinct lines, and lines longer than the bound: the memory
+    # stays bounded, and every line still splits right.
+    limit = http11._FIELD_CACHE_ENTRIES
+    for i in range(10 * limit // 50):
+        fields = b"".join(b"X-%d: v%d\r\n" % (i * 50 + j, j) for j in range(50))
+        long_line = b"Cookie: " + b"c" * http11._FIELD_CACHE_LINE + b"\r\n"
+        (head,) = parse(
+            parser_class, b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + long_line + b"\r\n"
+        ).heads
+        assert head.headers[1] == (b"x-%d" % (i * 50), b"v0")
+        assert head.headers[-1] == (b"cookie", b"c" * http11._FIELD_CACHE_LINE)
+        assert len(http11._FIELD_CACHE) <= limit
+    assert all(len(line) <= http11._FIELD_CACHE_LINE for line in http11._FIELD_CACHE)
 
 
 def test_a_bad_method_pipelined_after_a_request_gets_the_status_it_gets_alone(

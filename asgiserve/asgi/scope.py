@@ -54,7 +54,9 @@ class ConnectionInfo:
 
 def decode_path(raw_path: bytes) -> str:
     """Percent-decode a request path into text (ASGI: percent escapes and UTF-8 decoded)."""
-    if b"%" not in raw_path:
+    # find(), not `in`: bytes.__contains__ raises and clears a TypeError for a bytes operand
+    # (it tries an integer first), far dearer than the search itself.
+    if raw_path.find(b"%") < 0:
         try:
             return raw_path.decode("ascii")
         except UnicodeDecodeError:

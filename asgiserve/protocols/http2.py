@@ -24,6 +24,7 @@ add what a server needs around it:
 
 from __future__ import annotations
 
+import re
 import struct
 
 from h2.config import H2Configuration
@@ -49,6 +50,10 @@ CONNECTION_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
+#: RFC 9113 section 8.2.1: no CR, LF or NUL in a field value. One search instead of three
+#: `in` tests: bytes.__contains__ tries its operand as an integer first and raises and clears a
+#: TypeError for a bytes one, which costs far more than the search.
+_FORBIDDEN_IN_VALUE = re.compile(b"[\r\n\0]")
 _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 
 
@@ -179,7 +184,7 @@ def parse_request(
             raise StreamError("te header other than 'trailers'")
         if not name or name != name.lower():
             raise StreamError("header name is empty or not lower-case")
-        if b"\r" in value or b"\n" in value or b"\0" in value:
+        if _FORBIDDEN_IN_VALUE.search(value) is not None:
             raise StreamError("CR, LF or NUL in a header value")
         headers.append((name, value))
     if method is None:
@@ -202,7 +207,7 @@ def parse_request(
     if authority is not None and not any(n == b"host" for n, _ in headers):
         headers.insert(0, (b"host", authority))
     target, _, query = path.partition(b"?")
-    if b"#" in target:
+    if target.find(b"#") >= 0:  # not `in`: see _FORBIDDEN_IN_VALUE
         raise StreamError("fragment in :path")
     return H2Request(
         method.decode("latin-1"),
