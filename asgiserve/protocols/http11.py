@@ -375,7 +375,7 @@ _FIELD_LINE = _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n"
 # Possessive repeats (``*+``, ``{}+``) need Python 3.11; on 3.10 the head pattern uses plain
 # ones, which match exactly the same heads (see _head_pattern), only a little slower.
 _POSSESSIVE = b"+" if sys.version_info >= (3, 11) else b""
-_FIELD_LINE_POSSESSIVE = _TCHAR + rb"+%b:[\t\x20-\x7e\x80-\xff]*%b\r\n" % (_POSSESSIVE, _POSSESSIVE)
+_FIELD_LINE_IN_HEAD = _TCHAR + rb"+%b:[\t\x20-\x7e\x80-\xff]*%b\r\n" % (_POSSESSIVE, _POSSESSIVE)
 _REQUEST_LINE_RE = re.compile(_REQUEST_LINE)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
 _HEAD_PATTERNS: dict[tuple[int, int], re.Pattern[bytes]] = {}
@@ -393,7 +393,7 @@ def _head_pattern(max_request_line: int, max_fields: int) -> re.Pattern[bytes]:
         pattern = _HEAD_PATTERNS[max_request_line, max_fields] = re.compile(
             rb"(?=[^\n]{0,%d}\n)([!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
             rb"\r\n(?:%b){0,%d}%b\r\n"
-            % (max_request_line + 1, _FIELD_LINE_POSSESSIVE, max_fields, _POSSESSIVE)
+            % (max_request_line + 1, _FIELD_LINE_IN_HEAD, max_fields, _POSSESSIVE)
         )
     return pattern
 
