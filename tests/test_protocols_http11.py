@@ -6,6 +6,7 @@ runs each test on httptools and on h11.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -562,6 +563,76 @@ def test_field_lines_seen_before_split_the_same_and_the_memory_of_them_is_bounde
         assert head.headers[-1] == (b"cookie", b"c" * http11._FIELD_CACHE_LINE)
         assert len(http11._FIELD_CACHE) <= limit
     assert all(len(line) <= http11._FIELD_CACHE_LINE for line in http11._FIELD_CACHE)
+
+
+def test_a_remembered_field_line_vouches_only_for_itself(parser_class: Any) -> None:
+    # A head whose lines were seen before is checked only where it is new: its request line,
+    # and any field line not remembered. Only lines that passed the grammar are remembered, so
+    # a bad line is refused however often it comes and next to however familiar lines, and a
+    # bad request line is refused ahead of well-known fields; limits still count every line.
+    http11._FIELD_CACHE.clear()
+    familiar = b"Host: a\r\nAccept: */*\r\nX-Seen: 1\r\n"
+    assert verdict(parser_class, b"GET / HTTP/1.1\r\n" + familiar + b"\r\n") == "ok"
+    for bad in (b"X-Bad: 1\x00", b"X-Bad : 1", b" X-Seen: 1", b"X-Bad: a\rb", b"X\x7f: 1", b":1"):
+        for _ in range(3):
+            request = b"GET / HTTP/1.1\r\n" + familiar + bad + b"\r\n" + familiar + b"\r\n"
+            assert verdict(parser_class, request) == 400, bad
+        assert bad not in http11._FIELD_CACHE
+    assert set(http11._FIELD_CACHE) == {b"Host: a", b"Accept: */*", b"X-Seen: 1"}
+    for request_line in (b"GET  / HTTP/1.1", b"GET / HTTP/1.1 ", b"GET /\x7f HTTP/1.1", b"GET"):
+        assert verdict(parser_class, request_line + b"\r\n" + familiar + b"\r\n") == 400
+    # Three remembered lines, over a limit of two fields; a request line over its limit.
+    assert verdict(parser_class, b"GET / HTTP/1.1\r\n" + familiar + b"\r\n", max_fields=2) == 431
+    long_line = b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n"
+    assert verdict(parser_class, long_line + familiar + b"\r\n", max_request_line=100) == 414
+
+
+def _alone(parser_class: Any, request: bytes, **limits: int) -> object:
+    """What a fresh parser makes of one request: its headers, or its error status."""
+    try:
+        sink = parse(parser_class, request, **limits)
+    except ProtocolError as exc:
+        return exc.status
+    (head,) = sink.heads
+    return head.headers
+
+
+def test_a_head_like_the_last_one_gets_the_verdict_it_gets_alone(parser_class: Any) -> None:
+    # A connection remembers its last field section to split the next one like it at once.
+    # Heads that share all of it, or only part of it, or extend it, each read whole after
+    # the other: each must get what it gets alone.
+    limits = {"max_fields": 4, "max_head": 200, "max_request_line": 50}
+    sections = [
+        b"Host: a\r\nX: 1\r\n",
+        b"Host: a\r\n",  # a prefix of the last one
+        b"Host: a\r\nX: 1\r\nY: 2\r\n",  # the last one and more
+        b"Host: a\r\nX: 1\r\nY: 2\r\nZ\x00: 3\r\n",  # ... and a bad line
+        b"Host: a\r\nX: 1\r\nY: 2\r\nZ: 3\r\nW: 4\r\n",  # ... and a field over the limit
+        b"Host: a\r\nX: 1\r\n",
+        b"Host: a\r\nX: 1\r\nY: 2 \r\n",
+        b"Host: a\r\nX: 1\r\nY: 2\r\n",
+        b"Host: a\r\nX: 1\r\nY: 2\r\n\n",  # a bare LF after the same lines
+        b"",  # no field at all (no Host: 400)
+        b"Host: a\r\nX: " + b"v" * 150 + b"\r\n",
+    ]
+    request_lines = (b"GET / HTTP/1.1\r\n", b"GET /" + b"p" * 30 + b" HTTP/1.1\r\n")
+    for first_line, second_line in itertools.product(request_lines, repeat=2):
+        for previous, section in itertools.product(sections, repeat=2):
+            parser = parser_class(Recorder(), **limits)
+            first = first_line + previous + b"\r\n"
+            second = second_line + section + b"\r\n"
+            expected = _alone(parser_class, second, **limits)
+            try:
+                parser.feed(first)
+            except ProtocolError:
+                continue  # the connection is over
+            try:
+                parser.feed(second)
+            except ProtocolError as exc:
+                got: object = exc.status
+            else:
+                got = parser._sink.heads[-1].headers
+            assert got == expected, (first, second)
 
 
 def test_a_bad_method_pipelined_after_a_request_gets_the_status_it_gets_alone(

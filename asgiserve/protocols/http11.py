@@ -419,28 +419,40 @@ _HEAD, _LENGTH_BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_END, _TRAILERS, _SWIT
 
 #: Field lines seen before, and the (name, value) pair each split into. Clients send the same
 #: lines again and again (Host, User-Agent, the Accept-* set, a session's Cookie), and a lookup
-#: is cheaper than partition(), lower() and strip() (callgrind, hello: 115.8k -> 111.8k
-#: instructions a request pure, 76.5k -> 72.0k compiled; a browser's 304: 197.6k -> 158.1k);
-#: the cached names also keep their hash for the lookups that follow. Bounded in entries and
-#: line length, and emptied when full, so traffic that never repeats only costs the misses.
+#: is cheaper than checking a line against the grammar and partition(), lower() and strip()
+#: (callgrind: see _read_head); the cached names also keep their hash for the lookups that
+#: follow. Only lines that matched the field-line grammar get in, so being here is proof of
+#: being well formed. Bounded in entries and line length, and emptied when full, so traffic
+#: that never repeats only costs the misses.
 _FIELD_CACHE: dict[bytes, tuple[bytes, bytes]] = {}
 _FIELD_CACHE_ENTRIES = 256
 _FIELD_CACHE_LINE = 512
+#: The longest field section a connection remembers for its next head (_read_whole_head), so
+#: that what each connection keeps stays small.
+_LAST_SECTION_MAX = 4096
+#: One field line without its CRLF (_FIELD_LINE), for the lines the cache has not seen.
+_FIELD_CONTENT_RE = re.compile(_TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*")
+#: The request line without its CRLF, its three parts captured (as in _head_pattern).
+_REQUEST_LINE_PARTS_RE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
+)
 
 
-def split_fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    """The fields of a checked head: names lower-cased, the OWS around values dropped.
-
-    The head has matched the grammar (:func:`_head_pattern`): a request line, field lines
-    "name:value" CRLF with no CR or LF inside, then CRLF; splitting it is safe.
+def split_fields(lines: list[bytes], max_fields: int) -> list[tuple[bytes, bytes]] | None:
+    """The fields of a head's field lines (each without its CRLF): names lower-cased, the OWS
+    around values dropped; ``None`` if a line is not a field line of the grammar (RFC 9112
+    section 5: ``name ":" OWS value OWS`` with no CR, LF or other control character in it) or
+    there are more than ``max_fields`` lines.
     """
-    lines = head.split(b"\r\n")
-    del lines[0], lines[-2:]  # the request line; the empty line and what follows it
+    if len(lines) > max_fields:
+        return None
     cache = _FIELD_CACHE
     headers = []
     for line in lines:
         field = cache.get(line)
         if field is None:
+            if _FIELD_CONTENT_RE.fullmatch(line) is None:
+                return None
             name, _, value = line.partition(b":")
             # RFC 9112 section 5: OWS around the value is not part of it. (The grammar allows
             # no other whitespace in a value, so strip() takes exactly SP and HTAB.)
@@ -476,6 +488,8 @@ class RequestFramer:
         "_chunk_left",
         "_fields",
         "_head_pattern",
+        "_last_fields",
+        "_last_section",
         "_line_start",
         "_max_chunk_line",
         "_max_fields",
@@ -505,6 +519,10 @@ class RequestFramer:
         self._max_chunk_line = max_chunk_line
         self._head_pattern = _head_pattern(max_request_line, max_fields)
         self._state = _HEAD
+        # The field section (its lines and the empty line) of the last whole head read, and
+        # its fields, for the next head: see _read_whole_head. A head with no fields first.
+        self._last_section = b"\r\n"
+        self._last_fields: tuple[tuple[bytes, bytes], ...] = ()
         # Bytes kept from earlier reads: always the start of an unfinished element (a head,
         # a chunk-size line, the CRLF after chunk data, a trailer section).
         self._pending = bytearray()
@@ -559,55 +577,96 @@ class RequestFramer:
     # -- the head ---------------------------------------------------------------------------
 
     def _read_head(self, buffer: bytes | bytearray, start: int, end: int) -> int:
+        if not self.in_head and type(buffer) is bytes:
+            stop = self._read_whole_head(buffer, start, end)
+            if stop >= 0:
+                return stop
         scanned = 0
-        match: re.Match[bytes] | None = None
         if self.in_head:
             # The head was cut by a read: resume the search where the last one stopped.
             scanned = self._scanned
             stop = buffer.find(b"\r\n\r\n", start + scanned - 3 if scanned > 3 else start)
+        elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
+            # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
+            return start + 2 if end - start > 1 else -1
         else:
-            # The usual read starts with a whole, well-formed head: one match finds its end and
-            # checks it (a head of the grammar ends at its first empty line: no line of it can
-            # hold CRLF CRLF, and a field line never starts with CR).
-            match = self._head_pattern.match(buffer, start)
-            if match is not None:
-                stop = match.end()
-                if stop - start > self._max_head:
-                    match = None  # the limit's verdict is _check_lines' (below)
-                    stop = stop - 4
-            elif buffer[start] == 13 and (end - start == 1 or buffer[start + 1] == 10):
-                # RFC 9112 section 2.2: ignore empty lines (CRLF) before a request line.
-                return start + 2 if end - start > 1 else -1
-            else:
-                stop = buffer.find(b"\r\n\r\n", start)
+            stop = buffer.find(b"\r\n\r\n", start)
         if stop == -1:
             self.in_head = True
             self._check_lines(buffer, start, end, True, start + scanned)
             self._scanned = end - start
             return -1
-        if match is None:
-            stop += 4
-        # The usual read is one whole request: no copy then.
-        head = (
-            buffer
-            if start == 0 and stop == end and type(buffer) is bytes
-            else bytes(buffer[start:stop])
-        )
-        if match is None:
-            match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
-            if match is None:
-                # Something is wrong: find the first fault, line by line, for its exact status.
-                self._check_lines(head, 0, len(head), True, 0)
-                raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
+        stop += 4
+        head = bytes(buffer[start:stop])
+        match = self._head_pattern.fullmatch(head) if len(head) <= self._max_head else None
+        fields = split_fields(head[:-4].split(b"\r\n")[1:], self._max_fields) if match else None
+        if match is None or fields is None:
+            # Something is wrong: find the first fault, line by line, for its exact status.
+            self._check_lines(head, 0, len(head), True, 0)
+            raise ProtocolError("malformed request head")  # pragma: no cover (both agree)
         if self.in_head:
             self.in_head = False
             self._scanned = self._line_start = self._fields = 0
-        method, target, version = match.groups()
+        return self._start_request(match, fields, buffer, stop, end)
+
+    def _read_whole_head(self, buffer: bytes, start: int, end: int) -> int:
+        """The usual read: a whole, well-formed head at ``start``, which is then reported (as
+        :meth:`_start_request` does); -1, having reported nothing, for anything else (a cut
+        head, a fault, a limit), which :meth:`_read_head` then decides exactly.
+
+        This accepts exactly the heads of the grammar and limits of the whole-head pattern
+        (:func:`_head_pattern`), without matching each byte against it (a browser's 900-byte
+        head cost about 27k instructions there): the request line is checked; then a field
+        section byte for byte the same as this connection's previous one (its field lines and
+        the empty line; clients repeat them) is taken as it was split then, and any other is
+        found (its end is the first empty line: no line of the grammar holds CRLF CRLF or
+        starts with CR) and split by :func:`split_fields`, which checks only the lines it has
+        not seen before.
+        """
+        line_end = buffer.find(b"\r\n", start)
+        if not 0 <= line_end - start <= self._max_request_line:
+            return -1
+        request_line = _REQUEST_LINE_PARTS_RE.fullmatch(buffer, start, line_end)
+        if request_line is None:
+            return -1
+        section_start = line_end + 2
+        section = self._last_section
+        if buffer.startswith(section, section_start):
+            stop = section_start + len(section)
+            fields = list(self._last_fields)
+        else:
+            stop = buffer.find(b"\r\n\r\n", line_end) + 4
+            if stop == 3:
+                return -1
+            found = split_fields(
+                buffer[section_start : stop - 4].split(b"\r\n") if stop - 4 > line_end else [],
+                self._max_fields,
+            )
+            if found is None:
+                return -1
+            fields = found
+            if stop - section_start <= _LAST_SECTION_MAX:
+                self._last_section = buffer[section_start:stop]
+                self._last_fields = tuple(fields)
+        if stop - start > self._max_head:
+            return -1
+        return self._start_request(request_line, fields, buffer, stop, end)
+
+    def _start_request(
+        self,
+        request_line: re.Match[bytes],
+        fields: list[tuple[bytes, bytes]],
+        buffer: bytes | bytearray,
+        stop: int,
+        end: int,
+    ) -> int:
+        """Report a checked head whose bytes end at ``stop``; where the next element starts."""
+        method, target, version = request_line.groups()
         request = build_request_head(
             _METHOD_NAMES.get(method) or method.decode("ascii"),
             target,
             _VERSIONS.get(version) or version.decode("ascii"),
-            split_fields(head),
+            fields,
         )
         self._start_body(request, buffer, stop, end)
         return stop if self._state != _SWITCHED else end
