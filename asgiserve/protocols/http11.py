@@ -368,10 +368,13 @@ def build_request_head(
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # RFC 9112 section 3: method SP request-target SP HTTP-version CRLF, with single spaces (the
 # lenient whitespace parsing section 3 allows is how request lines get smuggled past proxies).
-_REQUEST_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r\n"
+# Without its CRLF, its three parts captured: method, request-target, version.
+_REQUEST_LINE_PARTS = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
+_REQUEST_LINE = _REQUEST_LINE_PARTS + rb"\r\n"
 # RFC 9112 section 5: field-name ":" OWS field-value OWS CRLF; a value holds VCHAR, obs-text,
 # SP and HTAB, never another control character; no obs-fold (a line may not start with SP).
-_FIELD_LINE = _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*\r\n"
+_FIELD_CONTENT = _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*"  # without its CRLF
+_FIELD_LINE = _FIELD_CONTENT + rb"\r\n"
 # Possessive repeats (``*+``, ``{}+``) need Python 3.11; on 3.10 the head pattern uses plain
 # ones, which match exactly the same heads (see _head_pattern), only a little slower.
 _POSSESSIVE = b"+" if sys.version_info >= (3, 11) else b""
@@ -391,9 +394,14 @@ def _head_pattern(max_request_line: int, max_fields: int) -> re.Pattern[bytes]:
         # repeat took (a field name holds no ":", a value no CR, a field line never starts
         # with CR), so nothing is lost by never backtracking, and the match is a third cheaper.
         pattern = _HEAD_PATTERNS[max_request_line, max_fields] = re.compile(
-            rb"(?=[^\n]{0,%d}\n)([!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
-            rb"\r\n(?:%b){0,%d}%b\r\n"
-            % (max_request_line + 1, _FIELD_LINE_IN_HEAD, max_fields, _POSSESSIVE)
+            rb"(?=[^\n]{0,%d}\n)%b\r\n(?:%b){0,%d}%b\r\n"
+            % (
+                max_request_line + 1,
+                _REQUEST_LINE_PARTS,
+                _FIELD_LINE_IN_HEAD,
+                max_fields,
+                _POSSESSIVE,
+            )
         )
     return pattern
 
@@ -430,12 +438,8 @@ _FIELD_CACHE_LINE = 512
 #: The longest field section a connection remembers for its next head (_read_whole_head), so
 #: that what each connection keeps stays small.
 _LAST_SECTION_MAX = 4096
-#: One field line without its CRLF (_FIELD_LINE), for the lines the cache has not seen.
-_FIELD_CONTENT_RE = re.compile(_TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*")
-#: The request line without its CRLF, its three parts captured (as in _head_pattern).
-_REQUEST_LINE_PARTS_RE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
-)
+_FIELD_CONTENT_RE = re.compile(_FIELD_CONTENT)  # for the lines the cache has not seen
+_REQUEST_LINE_PARTS_RE = re.compile(_REQUEST_LINE_PARTS)
 
 
 def split_fields(lines: list[bytes], max_fields: int) -> list[tuple[bytes, bytes]] | None:
