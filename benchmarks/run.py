@@ -1393,6 +1393,57 @@ def spread_rule(meta: dict[str, Any]) -> str:
     )
 
 
+# The figures that the performance goals (issue 20) are about, each with its target:
+# (test, asgiserve build, what, target ratio to the baseline, True when lower is better).
+HEADLINE: list[tuple[str, str, str, float, bool]] = [
+    ("fastapi", "asgiserve-compiled", "FastAPI + pydantic GET, compiled build", 1.12, False),
+    ("fastapi", "asgiserve", "FastAPI + pydantic GET, pure build", 1.05, False),
+    ("hello", "asgiserve", "hello, pure build", 1.3, False),
+    ("stream", "asgiserve", "64 KiB in 16 `more_body` sends, pure build", 2.0, False),
+    ("hello256", "asgiserve", "p99 latency at 256 connections, pure build", 1.0, True),
+    ("hello256", "asgiserve-compiled", "p99 latency at 256 connections, compiled", 1.0, True),
+]
+
+
+def render_headline(data: dict[str, Any]) -> str:
+    """The headline figures of this run against ``--baseline``, with their targets."""
+    summary = summarise(data)
+    baseline = data["meta"]["baseline"]
+    rows = []
+    for test, server, what, target, lower_is_better in HEADLINE:
+        cells = summary.get(test, {})
+        ours, base = cells.get(server), cells.get(baseline)
+        key = "p99_ms" if lower_is_better else "median"
+        if not ours or not base or not ours.get(key) or not base.get(key):
+            continue
+        ratio = ours[key] / base[key]
+        met = ratio <= target if lower_is_better else ratio >= target
+        unit = "ms" if lower_is_better else ""
+        fig = (
+            f"{ours[key]:.2f} ms vs {base[key]:.2f} ms"
+            if unit
+            else (f"{ours[key]:,.0f} vs {base[key]:,.0f} {'req/s'}")
+        )
+        sign = "<=" if lower_is_better else ">="
+        others = []
+        for peer in ("granian", "gunicorn"):
+            e = cells.get(peer)
+            if e and e.get(key):
+                others.append(f"{peer} {e[key] / base[key]:.2f}x")
+        rows.append(
+            f"| {what} | {fig} | **{ratio:.2f}x** | {sign} {target:g}x | "
+            f"{'met' if met else '**missed**'} | {', '.join(others) or '-'} |"
+        )
+    if not rows:
+        return ""
+    head = [
+        f"### Headline: asgiserve against `{baseline}` in this run (targets: issue 20)\n",
+        "| figure | asgiserve vs baseline | ratio | target | | peers (ratio) |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 def render_report(data: dict[str, Any], chart: Path | None) -> str:
     meta = data["meta"]
     lines = [
@@ -1419,6 +1470,9 @@ def render_report(data: dict[str, Any], chart: Path | None) -> str:
             "rough and run again on a quiet machine before quoting them.**",
             "",
         ]
+    headline = render_headline(data)
+    if headline:
+        lines += [headline]
     if chart is not None:
         lines += [f"![req/s per server per test]({chart.name})", ""]
     lines.append(render_tables(data))
