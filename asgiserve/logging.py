@@ -75,9 +75,6 @@ _COLOURS = {
 }
 
 
-_get_running_loop = asyncio.get_running_loop
-
-
 class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our default handler, for both loggers: stderr, with access log lines written once per
     event loop iteration instead of once each.
@@ -106,19 +103,9 @@ class _StreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_access(self, line: str) -> None:
         """An access log line formatted by :func:`make_access_log` (our own format)."""
-        # _defer(), inlined: this runs for every response.
-        try:
-            loop = _get_running_loop()
-        except RuntimeError:
-            loop = None
         with self.lock:  # type: ignore[union-attr]
-            if loop is None:
+            if not self._defer(line):
                 self._write_now(line)
-                return
-            self.pending.append(line + self.terminator)
-            if self.flush_loop is not loop:
-                self.flush_loop = loop
-                loop.call_soon(self.flush)
 
     def _write_now(self, line: str) -> None:
         """Write ``line`` after any pending lines, and flush."""

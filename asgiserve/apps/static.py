@@ -340,14 +340,7 @@ class StaticFiles:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            # Inlined (this is the path every file request takes): route_path(scope), the
-            # request headers that matter, and the shortcut for a remembered file.
-            route: str = scope["path"]
-            root_path: str = scope.get("root_path", "")
-            if root_path and route.startswith(root_path):
-                rest = route[len(root_path) :]
-                if not rest or rest[0] == "/":
-                    route = rest
+            route = route_path(scope)
             if scope["method"] == "GET":
                 ready = self.open_remembered(route, scope["headers"])
                 if ready is not None:
@@ -359,19 +352,9 @@ class StaticFiles:
                         await send(
                             {"type": "http.response.start", "status": 200, "headers": [*headers]}
                         )
-                        if "http.response.zerocopysend" in (scope.get("extensions") or ()):
-                            message: Message = {
-                                "type": "http.response.zerocopysend",
-                                "file": fd,
-                                "offset": 0,
-                                "count": size,
-                                "more_body": False,
-                            }
-                            await send(message)
-                        else:
-                            await self._body(
-                                scope, send, known.path, fd, 0, size, more_body=False, whole=True
-                            )
+                        await self._body(
+                            scope, send, known.path, fd, 0, size, more_body=False, whole=True
+                        )
                     finally:
                         os.close(fd)
                     return
@@ -508,14 +491,7 @@ class StaticFiles:
         try:
             for path, identity in paths:
                 info = stat_of(path)
-                # _identity(info), inlined: this runs for every answer the server makes.
-                if (
-                    info.st_ino,
-                    info.st_dev,
-                    info.st_size,
-                    info.st_mtime_ns,
-                    info.st_ctime_ns,
-                ) != identity:
+                if _identity(info) != identity:
                     return False
         except OSError:
             return False
@@ -856,18 +832,7 @@ class StaticFiles:
                     etag,
                 )
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            if fd >= 0 and "http.response.zerocopysend" in (scope.get("extensions") or ()):
-                # _body(), inlined for the common case.
-                message: Message = {
-                    "type": "http.response.zerocopysend",
-                    "file": fd,
-                    "offset": 0,
-                    "count": size,
-                    "more_body": False,
-                }
-                await send(message)
-            else:
-                await self._body(scope, send, path, fd, 0, size, more_body=False, whole=True)
+            await self._body(scope, send, path, fd, 0, size, more_body=False, whole=True)
             return
         if not ranges:
             # RFC 9110 section 15.5.17: none of the ranges overlaps the file.

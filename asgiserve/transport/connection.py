@@ -981,13 +981,7 @@ class HTTP11Connection(asyncio.Protocol):
             # there is exactly one, ours, and the body is framed to match it.
             chunked = True
             framing = b"transfer-encoding: chunked\r\n"
-        # end_of_head(), inlined: every response passes here.
-        if close:
-            framing += b"connection: close\r\n\r\n"
-        elif http10:
-            framing += b"connection: keep-alive\r\n\r\n"
-        else:
-            framing += b"\r\n"
+        framing += end_of_head(close, http10)
         self.response_chunked = chunked
         self.response_close = close
         if chunked:
