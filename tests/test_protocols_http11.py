@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asgiserve.protocols import http11
 from asgiserve.protocols.errors import ProtocolError
@@ -726,6 +728,27 @@ def test_response_head_rejects_header_injection() -> None:
         encode_response_head(200, [(b"x", b"a\r\nset-cookie: evil")], b"", b"\r\n")
     with pytest.raises(ValueError):
         encode_response_head(200, [(b"x\rinjected", b"a")], b"", b"\r\n")
+
+
+_HEADER_BYTES = st.lists(st.sampled_from([b"a", b"\r", b"\n", b":", b" "]), max_size=4).map(
+    b"".join
+)
+
+
+@given(st.lists(st.tuples(_HEADER_BYTES, _HEADER_BYTES), max_size=4))
+def test_response_head_refuses_exactly_the_headers_holding_cr_or_lf(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    broken = any(
+        byte in (13, 10) for name, value in headers for byte in name + value
+    )  # CR or LF anywhere, alone or in pairs, next to our own CRLF or not
+    try:
+        head = encode_response_head(200, headers, b"", b"\r\n")
+    except ValueError:
+        assert broken
+    else:
+        assert not broken
+        assert head.count(b"\r\n") == len(headers) + 2
 
 
 def test_response_head_layout() -> None:

@@ -54,14 +54,16 @@ class ConnectionInfo:
 
 def decode_path(raw_path: bytes) -> str:
     """Percent-decode a request path into text (ASGI: percent escapes and UTF-8 decoded)."""
-    # find(), not `in`: bytes.__contains__ raises and clears a TypeError for a bytes operand
-    # (it tries an integer first), far dearer than the search itself.
-    if raw_path.find(b"%") < 0:
-        try:
-            return raw_path.decode("ascii")
-        except UnicodeDecodeError:
+    try:
+        path = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        # find(), not `in`: bytes.__contains__ raises and clears a TypeError for a bytes
+        # operand (it tries an integer first), far dearer than the search itself.
+        if raw_path.find(b"%") < 0:
             return raw_path.decode("utf-8", "replace")
-    return unquote(raw_path.decode("latin-1"))
+        return unquote(raw_path.decode("latin-1"))
+    # The usual path: ASCII, decoded once, then searched as text (a str search is cheap).
+    return unquote(path) if "%" in path else path
 
 
 def http_scope(
