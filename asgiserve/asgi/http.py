@@ -271,7 +271,8 @@ class HTTPCycle:
 
     def end_body(self) -> None:
         self.request_complete = True
-        self._wake()
+        if self.waiters is not None:  # mostly nobody waits in receive() yet
+            self._wake()
 
     def disconnect(self) -> None:
         """The client went away: ``receive()`` returns ``http.disconnect``, ``send()`` raises."""
