@@ -21,6 +21,7 @@ from asgiserve.protocols.http11 import (
     RequestHead,
     encode_chunk,
     encode_response_head,
+    encode_trailers,
     error_response,
     status_line,
 )
@@ -736,7 +737,7 @@ _HEADER_BYTES = st.lists(st.sampled_from([b"a", b"\r", b"\n", b":", b" "]), max_
 
 
 @given(st.lists(st.tuples(_HEADER_BYTES, _HEADER_BYTES), max_size=4))
-def test_response_head_refuses_exactly_the_headers_holding_cr_or_lf(
+def test_response_head_and_trailers_refuse_exactly_the_fields_holding_cr_or_lf(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     broken = any(
@@ -749,6 +750,13 @@ def test_response_head_refuses_exactly_the_headers_holding_cr_or_lf(
     else:
         assert not broken
         assert head.count(b"\r\n") == len(headers) + 2
+    try:
+        trailers = encode_trailers(headers)
+    except ValueError:
+        assert broken
+    else:
+        assert not broken
+        assert trailers.count(b"\r\n") == len(headers) + 2  # the last chunk's, and the end
 
 
 def test_response_head_layout() -> None:

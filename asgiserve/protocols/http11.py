@@ -853,6 +853,14 @@ class InvalidResponseHeader(ValueError):
     """An application tried to send a header that would corrupt the response framing."""
 
 
+def _one_break_per_line(block: bytes, lines: int) -> bool:
+    """Whether ``block``, ``lines`` field lines each ended by our CRLF, holds no other line
+    break: a CR or LF in a name or value (response splitting) adds at least one more, and
+    bytes.splitlines breaks at CR, LF and CRLF only. (One call: bytes.count parses its
+    arguments the slow way, and counting CR and LF took two.)"""
+    return len(block.splitlines()) == lines
+
+
 def encode_response_head(
     status: int,
     headers: Iterable[tuple[bytes, bytes]],
@@ -869,10 +877,7 @@ def encode_response_head(
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     app_headers = b"".join(parts)
-    # Exactly one line break (our CRLF) per header: a CR or LF in a name or value (response
-    # splitting) adds at least one more, and bytes.splitlines breaks at CR, LF and CRLF only.
-    # (One call: bytes.count parses its arguments the slow way, twice the cost for two.)
-    if len(app_headers.splitlines()) != len(parts) >> 2:
+    if not _one_break_per_line(app_headers, len(parts) >> 2):
         raise InvalidResponseHeader("response header name or value contains CR or LF")
     return b"".join((status_line(status), default_headers, app_headers, framing, body))
 
@@ -903,7 +908,7 @@ def encode_trailers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The last chunk followed by a trailer section (RFC 9112 section 7.1.2)."""
     lines = [b"%s: %s\r\n" % (name, value) for name, value in headers]
     block = b"".join(lines)
-    if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+    if not _one_break_per_line(block, len(lines)):
         raise InvalidResponseHeader("trailer name or value contains CR or LF")
     return b"0\r\n" + block + b"\r\n"
 
