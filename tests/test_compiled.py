@@ -208,6 +208,14 @@ async def task_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def task_name_app(scope: Any, receive: Any, send: Any) -> None:
+    """Reports the name of the task it runs in."""
+    task = asyncio.current_task()
+    assert task is not None
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": task.get_name().encode()})
+
+
 async def context_app(scope: Any, receive: Any, send: Any) -> None:
     """Sets a context variable per request; reports the value it found first."""
     seen = request_path.get("unset")
@@ -229,6 +237,14 @@ def test_the_app_runs_in_a_task_that_asyncio_timeout_can_cancel(serve: Any, raw:
     client = raw(server.port)
     client.send(_get("/"))
     assert client.read_response().body == b"True True True"
+
+
+@pytest.mark.usefixtures("backend")
+def test_the_app_task_is_named_for_what_it_runs(serve: Any, raw: Any) -> None:
+    server = serve(task_name_app)
+    client = raw(server.port)
+    client.send(_get("/") + _get("/"))
+    assert [client.read_response().body for _ in range(2)] == [b"asgiserve: HTTP/1.1 request"] * 2
 
 
 @pytest.mark.usefixtures("backend")

@@ -57,6 +57,11 @@ async def h2_app(scope: Any, receive: Any, send: Any) -> None:
             }
         )
         await send({"type": "http.response.body", "body": body})
+    elif path == "/task-name":
+        task = asyncio.current_task()
+        assert task is not None
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": task.get_name().encode()})
     elif path == "/echo":
         body = await read_body(receive)
         await send(
@@ -257,6 +262,10 @@ def test_simple_request_has_http2_scope(server: Any) -> None:
     assert headers["host"] == "test.local"
     assert not any(name.startswith(":") for name in headers)
     assert "http.response.trailers" in extensions and "http.response.early_hint" in extensions
+
+
+def test_the_stream_task_is_named_for_what_it_runs(server: Any) -> None:
+    assert get(server, "/task-name")["data"] == b"asgiserve: HTTP/2 stream"
 
 
 def test_response_carries_server_date_and_content_length(server: Any) -> None:

@@ -274,6 +274,9 @@ MALFORMED = {
     "authority form": (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "asterisk with GET": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "fragment in target": (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "fragment after the query": (b"GET /a?b=c#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "fragment in an absolute-form target": (b"GET http://a/b#c HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "empty fragment": (b"OPTIONS *# HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "control character in target": (b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "raw utf-8 in target": ("GET /é HTTP/1.1\r\nHost: a\r\n\r\n".encode(), 400),
     # version
@@ -368,6 +371,19 @@ def test_malformed_request_gets_the_same_status_however_it_is_split(
     assert split_verdict(parser_class, byte_by_byte) == status
     for cut in range(1, min(len(data), 40)):
         assert split_verdict(parser_class, [data[:cut], data[cut:]]) == status, cut
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/a#b", b"/a?b#c", b"/#", b"http://a/b#c"],
+    ids=["path", "query", "bare", "absolute"],
+)
+def test_a_fragment_in_the_target_is_named_as_the_fault(parser_class: Any, target: bytes) -> None:
+    # RFC 9112 section 3.2: no request-target form holds a fragment; the request line's grammar
+    # leaves "#" out, and the 400 says why.
+    with pytest.raises(ProtocolError, match="fragment in request target") as caught:
+        parse(parser_class, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert caught.value.status == 400
 
 
 def test_request_line_over_the_limit_is_414(parser_class: Any) -> None:

@@ -194,7 +194,6 @@ class HTTPCycle:
         self,
         scope: Scope,
         sink: ResponseSink,
-        *,
         expect_continue: bool,
         has_body: bool,
         on_complete: Callable[[HTTPCycle], None] | None = None,

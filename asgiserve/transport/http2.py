@@ -66,6 +66,8 @@ __all__ = ["HOP_BY_HOP", "H2Settings", "HTTP2Connection", "lower_names"]
 
 # Extra connection-level receive window granted at start (the initial one is 64 KiB - 1).
 _CONNECTION_WINDOW = 1024 * 1024
+#: The name of a stream's task (what it runs, in a dump of the loop's tasks).
+_STREAM_TASK = "asgiserve: HTTP/2 stream"
 HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
@@ -458,7 +460,7 @@ class HTTP2Connection(asyncio.Protocol):
         )
         stream.cycle = cycle
         self.deadline = 0.0
-        task = start_task(self.loop, cycle.run(state.app), contextvars.copy_context())
+        task = start_task(self.loop, cycle.run(state.app), contextvars.copy_context(), _STREAM_TASK)
         if not task.done():
             cycle.task = task
             cycle.registry = tasks = state.tasks

@@ -42,16 +42,20 @@ if TYPE_CHECKING:
 #: simple response is written before ``data_received`` returns (no extra loop iteration).
 EAGER_TASKS = sys.version_info >= (3, 12)
 
+# start_task builds the Task itself, on every loop and version: uvloop's create_task does not
+# pass eager_start through, and a name given here says what a task runs in a dump of the
+# loop's tasks. (Left to itself, CPython before 3.12 formats a "Task-<n>" name for each task:
+# 1.4% of a small request's instructions on 3.11.)
+
 if sys.version_info >= (3, 12):
 
     def start_task(
         loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, None],
         context: contextvars.Context,
+        name: str,
     ) -> asyncio.Task[None]:
-        # Not loop.set_task_factory(asyncio.eager_task_factory): uvloop's create_task does not
-        # pass eager_start through, so we build the Task ourselves on every loop.
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+        return asyncio.Task(coro, loop=loop, context=context, name=name, eager_start=True)
 
 elif sys.version_info >= (3, 11):
 
@@ -59,8 +63,9 @@ elif sys.version_info >= (3, 11):
         loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, None],
         context: contextvars.Context,
+        name: str,
     ) -> asyncio.Task[None]:
-        return loop.create_task(coro, context=context)
+        return asyncio.Task(coro, loop=loop, context=context, name=name)
 
 else:
 
@@ -68,9 +73,10 @@ else:
         loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, None],
         context: contextvars.Context,
+        name: str,
     ) -> asyncio.Task[None]:
-        # 3.10's create_task copies the *current* context; make the fresh copy current first.
-        return context.run(loop.create_task, coro)
+        # A 3.10 Task copies the *current* context; make the fresh copy current first.
+        return context.run(asyncio.Task, coro, loop=loop, name=name)
 
 
 class FileAnswer(Protocol):

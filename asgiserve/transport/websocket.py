@@ -49,6 +49,8 @@ __all__ = ["ByteStream", "HandshakeResponder", "WebSocketConnection", "WebSocket
 
 #: Unwritten message bytes past which send_message writes now instead of at the loop's turn.
 _FLUSH_AT = 64 * 1024
+#: The name of the app's task (what it runs, in a dump of the loop's tasks).
+_APP_TASK = "asgiserve: WebSocket"
 
 
 class ByteStream(Protocol):
@@ -189,7 +191,9 @@ class WebSocketConnection(asyncio.Protocol):
         if http2:
             scope["http_version"] = "2"
         cycle = self.cycle = WebSocketCycle(scope, self, max_queue=self.settings.max_queue)
-        task = start_task(self.loop, cycle.run(self.state.app), contextvars.copy_context())
+        task = start_task(
+            self.loop, cycle.run(self.state.app), contextvars.copy_context(), _APP_TASK
+        )
         if not task.done():
             tasks = self.state.tasks
             tasks.add(task)
