@@ -386,6 +386,13 @@ def test_a_fragment_in_the_target_is_named_as_the_fault(parser_class: Any, targe
     assert caught.value.status == 400
 
 
+def test_a_hash_in_the_method_is_not_called_a_fragment(parser_class: Any) -> None:
+    # "#" is a tchar: a method may hold it. A request line that fails for another reason is
+    # not reported as a fragment.
+    with pytest.raises(ProtocolError, match="malformed request line"):
+        parse(parser_class, b"G#T  /a HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
 def test_request_line_over_the_limit_is_414(parser_class: Any) -> None:
     long_target = b"/" + b"a" * 9000
     assert verdict(parser_class, b"GET " + long_target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == 414

@@ -473,7 +473,7 @@ def _line_fault(line: bytes, first: bool) -> str:
         return "bare CR"
     if not first and line[:1] in (b" ", b"\t"):
         return "obsolete line folding"
-    if first and b"#" in line:
+    if first and b"#" in line.partition(b" ")[2]:  # past the method, whose tokens may hold "#"
         return "fragment in request target"
     return "malformed request line" if first else "malformed header field line"
 
