@@ -6,12 +6,12 @@ One :class:`HTTP11Connection` per socket. ``data_received`` feeds the parser bac
 reports requests to us (``on_request``/``on_body``/``on_request_end``); each request becomes an
 :class:`~asgiserve.asgi.http.HTTPCycle` in a FIFO, and requests run one at a time in order
 (pipelined requests wait their turn; reading pauses while any wait, so buffered input stays
-bounded). The app for a request runs in a task started eagerly on Python 3.12+, so a simple
-response is complete before ``data_received`` returns.
+bounded). The app for a request runs in a task that starts at the loop's next turn (on every
+Python: eager starts on 3.12+ measured slower, see ``start_task``).
 
 Writes are "corked" (held in ``cork``, then written together in one ``transport.write``) in
-two cases, :class:`CorkKind`: while we work through a burst of pipelined requests (where tasks
-start lazily, on 3.10 and 3.11, each takes a loop iteration, so that cork stays open across
+two cases, :class:`CorkKind`: while we work through a burst of pipelined requests (as tasks
+start lazily, each takes a loop iteration, so that cork stays open across
 iterations for as long as responses keep completing, checked once per iteration); and while an
 app sends a response in parts (``more_body``): what it sends within one turn of the loop
 leaves in one write, when the response ends or at the end of the turn, whichever is first, so
@@ -64,7 +64,7 @@ from asgiserve.protocols.http11 import (
     status_line,
 )
 from asgiserve.transport.sendfile import SocketFileSender, send_file_buffered
-from asgiserve.transport.state import EAGER_TASKS, start_task
+from asgiserve.transport.state import start_task
 from asgiserve.transport.tls import tls_extension
 
 if TYPE_CHECKING:
@@ -615,7 +615,7 @@ class HTTP11Connection(asyncio.Protocol):
                 self._start(cycle)
         finally:
             if cork is not None:
-                if not EAGER_TASKS and self.active is not None and self.stage < _CLOSING:
+                if self.active is not None and self.stage < _CLOSING:
                     # The request just started runs at the loop's next turn: keep the cork.
                     self.cork_mark = self.responses_done
                     self.loop.call_soon(self._check_cork)
@@ -925,16 +925,9 @@ class HTTP11Connection(asyncio.Protocol):
             # to IDLE: allowed by the table; set directly, as every response passes here.
             self.stage = _IDLE
         if self.queue:
-            if not EAGER_TASKS:
-                self._run_queue()  # the next task starts at the loop's next turn anyway
-            elif self.cork is not None:
-                pass  # inside _run_queue's loop: it goes on
-            else:
-                # An eager task started from inside this app's task would nest; go round the
-                # loop once instead.
-                self.loop.call_soon(self._run_queue_soon)
+            self._run_queue()  # the next task starts at the loop's next turn
             return
-        if self.cork is not None and not EAGER_TASKS:
+        if self.cork is not None:
             self._uncork()  # the last of a pipelined burst (a cork spanning loop iterations)
         if unread_body:
             self.body_progress = 0
@@ -946,10 +939,6 @@ class HTTP11Connection(asyncio.Protocol):
             self._set_deadline(_Deadline.IDLE, self.state.keep_alive_timeout)
         if self.reading_paused:
             self._update_reading()
-
-    def _run_queue_soon(self) -> None:
-        if self.active is None and self.queue and self.stage < _CLOSING:
-            self._run_queue()
 
     # -- ResponseSink --------------------------------------------------------------------------
 

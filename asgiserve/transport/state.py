@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from asgiserve.transport.websocket import WebSocketSettings
 
 __all__ = [
-    "EAGER_TASKS",
     "FileAnswer",
     "RememberedFiles",
     "RequestParser",
@@ -38,26 +37,18 @@ class RequestParser(Protocol):
 if TYPE_CHECKING:
     ParserFactory = Callable[[RequestSink], RequestParser]
 
-#: Python 3.12+ can run a task's first step immediately, inside the call that creates it, so a
-#: simple response is written before ``data_received`` returns (no extra loop iteration).
-EAGER_TASKS = sys.version_info >= (3, 12)
+# A request's task starts lazily, at the loop's next turn, on every version. Python 3.12+ could
+# run its first step at once (eager_start), writing a simple response before data_received
+# returns, in fewer instructions (callgrind, hello: about 15k a request less); but on a 2-core
+# Intel Xeon (hello, wrk c64, uvloop) it served 20-35% fewer requests a second than lazy starts
+# (3.12: ~45k against ~55k req/s; 3.13: ~40-45k against ~60k), the requests read in one turn of
+# the loop being answered together in the next. The req/s decides.
+#
+# start_task builds the Task itself, on every loop and version: a name given here says what a
+# task runs in a dump of the loop's tasks. (Left to itself, CPython before 3.12 formats a
+# "Task-<n>" name for each task: 1.4% of a small request's instructions on 3.11.)
 
-# start_task builds the Task itself, on every loop and version: uvloop's create_task does not
-# pass eager_start through, and a name given here says what a task runs in a dump of the
-# loop's tasks. (Left to itself, CPython before 3.12 formats a "Task-<n>" name for each task:
-# 1.4% of a small request's instructions on 3.11.)
-
-if sys.version_info >= (3, 12):
-
-    def start_task(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, None],
-        context: contextvars.Context,
-        name: str,
-    ) -> asyncio.Task[None]:
-        return asyncio.Task(coro, loop=loop, context=context, name=name, eager_start=True)
-
-elif sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):
 
     def start_task(
         loop: asyncio.AbstractEventLoop,
