@@ -663,11 +663,11 @@ class HTTP11Connection(asyncio.Protocol):
         if limit is not None and self._over_limit(limit):
             app = _service_unavailable
         task = start_task(self.loop, cycle.run(app), self.context.copy(), _APP_TASK)
-        if not task.done():
-            # Tracked for shutdown; the coroutine removes it when it returns.
-            cycle.task = task
-            cycle.registry = tasks = state.tasks
-            tasks.add(task)
+        # Tracked for shutdown; the coroutine removes it when it returns. (The task starts at
+        # the loop's next turn, so it is not done yet.)
+        cycle.task = task
+        cycle.registry = tasks = state.tasks
+        tasks.add(task)
 
     def _idle(self) -> bool:
         """No request in progress or waiting (dropping what is left of a body is not one)."""
@@ -796,11 +796,10 @@ class HTTP11Connection(asyncio.Protocol):
             self.deadline = 0.0
             self.deadline_kind = _Deadline.NONE
         task = start_task(self.loop, self._finish_answer(rest, fd), self.context.copy(), _FILE_TASK)
-        if not task.done():
-            # Tracked for shutdown, as an app's task is.
-            tasks = self.state.tasks
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        # Tracked for shutdown, as an app's task is.
+        tasks = self.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _finish_answer(self, rest: Awaitable[None], fd: int) -> None:
         """The rest of the server's answer: the file from ``fd`` (a duplicate, closed here)

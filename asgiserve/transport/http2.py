@@ -461,10 +461,9 @@ class HTTP2Connection(asyncio.Protocol):
         stream.cycle = cycle
         self.deadline = 0.0
         task = start_task(self.loop, cycle.run(state.app), contextvars.copy_context(), _STREAM_TASK)
-        if not task.done():
-            cycle.task = task
-            cycle.registry = tasks = state.tasks
-            tasks.add(task)
+        cycle.task = task
+        cycle.registry = tasks = state.tasks
+        tasks.add(task)
         limit = state.limit_max_requests
         if limit is not None and state.total_requests >= limit and state.on_max_requests:
             state.on_max_requests()

@@ -194,10 +194,9 @@ class WebSocketConnection(asyncio.Protocol):
         task = start_task(
             self.loop, cycle.run(self.state.app), contextvars.copy_context(), _APP_TASK
         )
-        if not task.done():
-            tasks = self.state.tasks
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        tasks = self.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         if trailing:
             self.data_received(trailing)
 
