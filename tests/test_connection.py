@@ -611,6 +611,110 @@ def test_an_app_transfer_encoding_chunked_is_dropped_for_http10(
     assert h.transport.closed
 
 
+# -- response headers that repeat (asgi.http's CheckedHeaders) -------------------------------
+
+
+def counting_app(headers: list[Any], value_at: Callable[[int], None]) -> App:
+    """Sends the same ``headers`` object every time, after ``value_at(n)`` changed it in place
+    for the n-th request; the body is the request count."""
+    count = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal count
+        count += 1
+        value_at(count)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"%d" % count})
+
+    return app
+
+
+def test_header_lists_changed_in_place_are_sent_as_changed(connect: Any) -> None:
+    # A list of lists, or a tuple holding a bytearray, can change after the response: the
+    # server may not take it for the headers it read last time.
+    as_lists: list[Any] = [[b"x-count", b"0"]]
+    as_bytearray: list[Any] = [(b"x-count", bytearray(b"0"))]
+
+    def set_list(n: int) -> None:
+        as_lists[0][1] = b"%d" % n
+
+    def set_bytearray(n: int) -> None:
+        as_bytearray[0][1][:] = b"%d" % n
+
+    for headers, value_at in ((as_lists, set_list), (as_bytearray, set_bytearray)):
+        h = connect(counting_app(headers, value_at))
+        for n in (1, 2, 3):
+            h.send(get())
+            response = h.response()
+            assert response.body == b"%d" % n
+            assert response.header(b"x-count") == b"%d" % n
+
+
+def test_a_declared_length_changed_in_place_is_the_one_enforced(connect: Any) -> None:
+    headers: list[Any] = [[b"content-length", b"1"]]
+
+    def set_length(n: int) -> None:
+        headers[0][1] = b"%d" % len(b"%d" % n)
+
+    h = connect(counting_app(headers, set_length))
+    for _ in range(9):
+        h.send(get())
+        h.responses()
+    h.send(get())  # the 10th: two digits, declared as such
+    response = h.response()
+    assert (response.status, response.body) == (200, b"10")
+    assert response.header(b"content-length") == b"2"
+
+
+def test_equal_headers_in_new_lists_keep_their_own_content_length(connect: Any) -> None:
+    # The same headers, equal but not the same list, answer every request; the declared
+    # length found the first time is still enforced: a body that does not match it is a 500,
+    # not a response whose framing lies.
+    bodies = [b"hello", b"hello", b"hey", b"hello"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": bodies.pop(0)})
+
+    h = connect(app)
+    statuses = []
+    for _ in range(4):
+        h.send(get())
+        response = h.response()
+        statuses.append(response.status)
+        if response.status == 200:
+            assert response.body == b"hello"
+            assert response.headers[1:3] == [
+                (b"content-type", b"text/plain"),
+                (b"content-length", b"5"),
+            ]
+    assert statuses == [200, 200, 500, 200]
+
+
+def test_headers_that_differ_from_the_last_are_checked_again(connect: Any) -> None:
+    headers = [
+        [(b"x-a", b"1")],
+        [(b"x-a", b"1")],
+        [(b"x-a", b"bad\r\nset-cookie: evil")],
+        [(b"x-a", b"1")],
+    ]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers.pop(0)})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    h = connect(app)
+    h.send(get())
+    h.send(get())
+    assert [r.header(b"x-a") for r in h.responses()] == [b"1", b"1"]
+    h.send(get())
+    assert b"evil" not in h.output
+    assert h.response().status == 500
+    h.send(get())
+    assert h.response().header(b"x-a") == b"1"
+
+
 # -- a body the app does not read (issue 16, defect 2) ----------------------------------------
 
 

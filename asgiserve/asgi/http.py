@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from asgiserve.asgi.errors import ClientDisconnected
@@ -48,6 +48,7 @@ __all__ = [
     "HTTPCycle",
     "Phase",
     "ResponseSink",
+    "remembered_headers",
 ]
 
 # Response headers a wire protocol may have to act on, noted while the cycle checks the
@@ -138,6 +139,8 @@ class ResponseSink(Protocol):
 BODY_HIGH_WATER = 65536
 
 _NO_BODY_STATUSES = frozenset((204, 304))
+#: The response headers before the app sent any (never added to: every change is a new list).
+_NO_HEADERS: list[tuple[bytes, bytes]] = []
 _SERVER_ERROR_BODY = b"Internal Server Error"
 _TOO_LARGE_BODY = b"Content Too Large"
 _TOO_LARGE_HEADERS = [
@@ -157,8 +160,76 @@ def _length_mismatch(sent: int, declared: int, more_body: bool) -> RuntimeError:
     )
 
 
+class CheckedHeaders:
+    """A response's headers, as a list of the server's own that nobody changes, and what
+    :meth:`HTTPCycle.send` and the sinks need to know of them."""
+
+    __slots__ = ("content_length", "flags", "headers", "reusable")
+
+    def __init__(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        flags: int,
+        reusable: bool,
+    ) -> None:
+        self.headers = headers
+        #: The value of the Content-Length header, if any.
+        self.content_length = content_length
+        #: HEADER_* bits: the watched headers present.
+        self.flags = flags
+        #: Every header is a (bytes, bytes) tuple, so that a list equal to ``headers`` is
+        #: the same response headers, byte for byte (bytes never change; a list might).
+        self.reusable = reusable
+
+
+def _check_headers(headers: Iterable[tuple[bytes, bytes]]) -> CheckedHeaders:
+    """Read the app's response headers; remember them for the next response when plain."""
+    global _last_checked
+    own = list(headers)
+    content_length: int | None = None
+    flags = 0
+    reusable = True
+    watched_headers = _WATCHED_HEADERS
+    # Names and values must be bytes; a str slips through here but fails loudly when the
+    # head is serialised, before anything is written.
+    for item in own:
+        name, value = item
+        if reusable and not (type(item) is tuple and type(name) is bytes and type(value) is bytes):
+            reusable = False
+        watched = watched_headers.get(name.lower())
+        if watched is not None:
+            if watched == _CONTENT_LENGTH:
+                if not value.isdigit() or content_length is not None:
+                    raise ValueError(f"Invalid or repeated Content-Length header {value!r}")
+                content_length = int(value)
+            else:
+                flags |= watched
+    checked = CheckedHeaders(own, content_length, flags, reusable)
+    if reusable and len(own) <= _REUSE_MAX_HEADERS:
+        # One global, replaced whole: a reader sees one response's headers and facts.
+        _last_checked = checked
+    return checked
+
+
+#: Longer header lists are not remembered: comparing them costs what reading them would.
+_REUSE_MAX_HEADERS = 16
+#: The last plain response headers read by :meth:`HTTPCycle._start` (see CheckedHeaders).
+_last_checked = CheckedHeaders([], None, 0, True)
+
+
+def remembered_headers(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether ``headers`` is the list :class:`HTTPCycle` hands to every response whose
+    headers equal these (a list that nobody changes, of (bytes, bytes) tuples): what a sink
+    derives from it alone, such as its encoded lines, may be kept for the next."""
+    return headers is _last_checked.headers
+
+
 class HTTPCycle:
     """One request and its response, as the application sees them."""
+
+    #: The trailer fields sent so far; there only once the app announced trailers.
+    trailer_headers: list[tuple[bytes, bytes]]
 
     __slots__ = (
         "body_allowed",
@@ -214,11 +285,10 @@ class HTTPCycle:
                 self.body_budget = -1
         self.phase = _START
         self.status = 0
-        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.response_headers: list[tuple[bytes, bytes]] = _NO_HEADERS
         self.content_length: int | None = None
         self.header_flags = 0
         self.trailers_expected = False
-        self.trailer_headers: list[tuple[bytes, bytes]] = []
         self.body_allowed = True
         self.bytes_sent = 0
         self.head_request = scope["method"] == "HEAD"
@@ -424,27 +494,17 @@ class HTTPCycle:
                 f"(got status {status})"
             )
         headers = message.get("headers", ())
-        if type(headers) is not list:
-            headers = list(headers)
-        content_length: int | None = None
-        flags = 0
-        watched_headers = _WATCHED_HEADERS
-        # Names and values must be bytes; a str slips through here but fails loudly when the
-        # head is serialised, before anything is written.
-        for name, value in headers:
-            watched = watched_headers.get(name.lower())
-            if watched is not None:
-                if watched == _CONTENT_LENGTH:
-                    if not value.isdigit() or content_length is not None:
-                        raise ValueError(f"Invalid or repeated Content-Length header {value!r}")
-                    content_length = int(value)
-                else:
-                    flags |= watched
+        # The same headers as the last response read here (an endpoint repeats them): what
+        # was found in them holds, and the sink gets the checked copy.
+        last = _last_checked
+        checked = last if headers == last.headers else _check_headers(headers)
         self.status = status
-        self.response_headers = headers
-        self.content_length = content_length
-        self.header_flags = flags
-        self.trailers_expected = bool(message.get("trailers", False))
+        self.response_headers = checked.headers
+        self.content_length = checked.content_length
+        self.header_flags = checked.flags
+        if message.get("trailers", False):
+            self.trailers_expected = True
+            self.trailer_headers = []
         self.body_allowed = not (self.head_request or status in _NO_BODY_STATUSES)
         self.phase = _HEAD
 

@@ -860,6 +860,18 @@ def _one_break_per_line(block: bytes, lines: int) -> bool:
     return len(block.splitlines()) == lines
 
 
+def encode_header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Response header lines, each ending in CRLF; a name or value holding CR or LF (response
+    splitting) raises :class:`InvalidResponseHeader`."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    block = b"".join(parts)
+    if not _one_break_per_line(block, len(parts) >> 2):
+        raise InvalidResponseHeader("response header name or value contains CR or LF")
+    return block
+
+
 def encode_response_head(
     status: int,
     headers: Iterable[tuple[bytes, bytes]],
@@ -872,19 +884,9 @@ def encode_response_head(
     ``default_headers`` is the already-encoded server/date block (ending in CRLF, may be
     empty); ``framing`` the already-encoded framing and connection headers plus the final CRLF.
     """
-    parts: list[bytes] = []
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    app_headers = b"".join(parts)
-    if not _one_break_per_line(app_headers, len(parts) >> 2):
-        raise InvalidResponseHeader("response header name or value contains CR or LF")
-    return b"".join((status_line(status), default_headers, app_headers, framing, body))
-
-
-def encode_header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Response header lines, each ending in CRLF, checked as :func:`encode_response_head`
-    checks them (it is kept whole, without a call to this, for speed)."""
-    return encode_response_head(200, headers, b"", b"")[len(_STATUS_LINES[200]) :]
+    return b"".join(
+        (status_line(status), default_headers, encode_header_block(headers), framing, body)
+    )
 
 
 def end_of_head(close: bool, http10: bool) -> bytes:

@@ -49,6 +49,7 @@ from asgiserve.asgi.http import (
     HEADER_TRANSFER_ENCODING,
     HTTPCycle,
     Phase,
+    remembered_headers,
 )
 from asgiserve.asgi.scope import ConnectionInfo, decode_path, http_scope
 from asgiserve.protocols.errors import ProtocolError
@@ -57,7 +58,6 @@ from asgiserve.protocols.http11 import (
     RequestHead,
     encode_chunk,
     encode_header_block,
-    encode_response_head,
     encode_trailers,
     end_of_head,
     error_response,
@@ -221,6 +221,30 @@ def _peer(transport: asyncio.BaseTransport, key: str) -> tuple[str, int] | None:
     if isinstance(address, (tuple, list)) and len(address) >= 2:
         return (str(address[0]), int(address[1]))
     return None
+
+
+class _EncodedHeaders:
+    """Response header lines, encoded, and the header list they were encoded from."""
+
+    __slots__ = ("block", "headers")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], block: bytes) -> None:
+        self.headers = headers
+        self.block = block
+
+
+#: The encoded lines of the last header list that HTTPCycle remembered (asgi.http's
+#: CheckedHeaders: a list of its own that nobody changes, handed to every response with the
+#: same headers): such a response is told by identity, and its lines are not encoded again.
+_last_block = _EncodedHeaders([], b"")
+
+
+def _encode_and_remember(headers: list[tuple[bytes, bytes]]) -> bytes:
+    global _last_block
+    block = encode_header_block(headers)
+    if remembered_headers(headers):
+        _last_block = _EncodedHeaders(headers, block)
+    return block
 
 
 def _send_answers(state: ServerState) -> None:
@@ -980,7 +1004,9 @@ class HTTP11Connection(asyncio.Protocol):
                 body += LAST_CHUNK
         if more_body and self.cork is None:
             self._cork_turn()
-        self._write(encode_response_head(cycle.status, headers, default_headers, framing, body))
+        last = _last_block
+        block = last.block if headers is last.headers else _encode_and_remember(headers)
+        self._write(b"".join((status_line(cycle.status), default_headers, block, framing, body)))
 
     def _app_framing(
         self, cycle: HTTPCycle, close: bool, default_headers: bytes
