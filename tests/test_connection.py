@@ -650,6 +650,20 @@ def test_header_lists_changed_in_place_are_sent_as_changed(connect: Any) -> None
             assert response.header(b"x-count") == b"%d" % n
 
 
+@pytest.mark.parametrize("value", [13, "13", None])
+def test_a_header_value_that_is_not_bytes_gets_a_500(connect: Any, value: Any) -> None:
+    # Never what bytes(13) would make of it (13 NUL bytes), on either build.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"x-value", value)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    h = connect(app)
+    h.send(get())
+    assert h.response().status == 500
+    assert b"\0" not in h.output
+
+
 def test_a_declared_length_changed_in_place_is_the_one_enforced(connect: Any) -> None:
     headers: list[Any] = [[b"content-length", b"1"]]
 

@@ -591,6 +591,48 @@ def test_field_lines_seen_before_split_the_same_and_the_memory_of_them_is_bounde
     assert all(len(line) <= http11._FIELD_CACHE_LINE for line in http11._FIELD_CACHE)
 
 
+@pytest.mark.parametrize(
+    "section",
+    [
+        b"Host: a\r\nContent-Length: 5\r\n\r\n",
+        b"Host: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"Host: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\n",
+        b"Host: a\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    ],
+)
+def test_a_field_section_seen_before_frames_and_persists_as_the_first_time(
+    parser_class: Any, section: bytes
+) -> None:
+    # A section byte for byte the previous head's takes what its fields decided from that
+    # head, for the same HTTP version only: the version changes persistence, Expect and
+    # whether Transfer-Encoding is allowed at all.
+    chunked = b"chunked" in section
+
+    def request(version: bytes, body: bytes) -> bytes:
+        framed = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+        return b"POST /%b HTTP/%b\r\n%b%b" % (version[-1:], version, section, framed)
+
+    one = parse(parser_class, request(b"1.1", b"hello"), request(b"1.1", b"world"))
+    fresh = parse(parser_class, request(b"1.1", b"hello"))
+    first, again = one.heads
+    assert one.bodies() == [b"hello", b"world"]
+    for head in (first, again):
+        assert head.path == b"/1"
+        for fact in ("keep_alive", "expect_continue", "content_length", "chunked", "upgrade"):
+            assert getattr(head, fact) == getattr(fresh.heads[0], fact)
+    if chunked:
+        # Transfer-Encoding in an HTTP/1.0 request is refused, however familiar its fields.
+        with pytest.raises(ProtocolError):
+            parse(parser_class, request(b"1.1", b"hello"), request(b"1.0", b"world"))
+        return
+    mixed = parse(parser_class, request(b"1.1", b"hello"), request(b"1.0", b"world"))
+    older = parse(parser_class, request(b"1.0", b"world")).heads[0]
+    assert mixed.bodies() == [b"hello", b"world"]
+    assert mixed.heads[1].http_version == "1.0"
+    assert mixed.heads[1].keep_alive == older.keep_alive
+    assert mixed.heads[1].expect_continue == older.expect_continue is False
+
+
 def test_a_remembered_field_line_vouches_only_for_itself(parser_class: Any) -> None:
     # A head whose lines were seen before is checked only where it is new: its request line,
     # and any field line not remembered. Only lines that passed the grammar are remembered, so

@@ -161,42 +161,38 @@ def _length_mismatch(sent: int, declared: int, more_body: bool) -> RuntimeError:
 
 
 class CheckedHeaders:
-    """A response's headers, as a list of the server's own that nobody changes, and what
-    :meth:`HTTPCycle.send` and the sinks need to know of them."""
+    """A response's headers, as a list of (bytes, bytes) tuples of the server's own (so
+    nobody changes it), and what :meth:`HTTPCycle.send` and the sinks need to know of them."""
 
-    __slots__ = ("content_length", "flags", "headers", "reusable")
+    __slots__ = ("content_length", "flags", "headers")
 
     def __init__(
-        self,
-        headers: list[tuple[bytes, bytes]],
-        content_length: int | None,
-        flags: int,
-        reusable: bool,
+        self, headers: list[tuple[bytes, bytes]], content_length: int | None, flags: int
     ) -> None:
         self.headers = headers
         #: The value of the Content-Length header, if any.
         self.content_length = content_length
         #: HEADER_* bits: the watched headers present.
         self.flags = flags
-        #: Every header is a (bytes, bytes) tuple, so that a list equal to ``headers`` is
-        #: the same response headers, byte for byte (bytes never change; a list might).
-        self.reusable = reusable
 
 
-def _check_headers(headers: Iterable[tuple[bytes, bytes]]) -> CheckedHeaders:
-    """Read the app's response headers; remember them for the next response when plain."""
+def _check_headers(headers: Iterable[Any]) -> CheckedHeaders:
+    """Read the app's response headers into a list of the server's own, and remember it for
+    the next response."""
     global _last_checked
-    own = list(headers)
+    own: list[tuple[bytes, bytes]] = []
     content_length: int | None = None
     flags = 0
-    reusable = True
     watched_headers = _WATCHED_HEADERS
-    # Names and values must be bytes; a str slips through here but fails loudly when the
-    # head is serialised, before anything is written.
-    for item in own:
-        name, value = item
-        if reusable and not (type(item) is tuple and type(name) is bytes and type(value) is bytes):
-            reusable = False
+    for pair in headers:
+        name, value = pair
+        if type(pair) is tuple and type(name) is bytes and type(value) is bytes:
+            own.append(pair)
+        else:
+            # ASGI allows any pair of byte strings: a list, a bytearray can change after
+            # this response, so the list holds a tuple of bytes instead.
+            name, value = _header_bytes(name), _header_bytes(value)
+            own.append((name, value))
         watched = watched_headers.get(name.lower())
         if watched is not None:
             if watched == _CONTENT_LENGTH:
@@ -205,17 +201,26 @@ def _check_headers(headers: Iterable[tuple[bytes, bytes]]) -> CheckedHeaders:
                 content_length = int(value)
             else:
                 flags |= watched
-    checked = CheckedHeaders(own, content_length, flags, reusable)
-    if reusable and len(own) <= _REUSE_MAX_HEADERS:
+    checked = CheckedHeaders(own, content_length, flags)
+    if len(own) <= _REUSE_MAX_HEADERS:
         # One global, replaced whole: a reader sees one response's headers and facts.
         _last_checked = checked
     return checked
 
 
+def _header_bytes(data: Any) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if type(data) is not bytes:
+        raise TypeError(f"Response header names and values must be bytes, got {data!r}")
+    return data
+
+
 #: Longer header lists are not remembered: comparing them costs what reading them would.
 _REUSE_MAX_HEADERS = 16
-#: The last plain response headers read by :meth:`HTTPCycle._start` (see CheckedHeaders).
-_last_checked = CheckedHeaders([], None, 0, True)
+#: The last response headers read by :meth:`HTTPCycle._start` (see CheckedHeaders): the next
+#: response whose headers equal them (an endpoint repeats its own) is given the same.
+_last_checked = CheckedHeaders([], None, 0)
 
 
 def remembered_headers(headers: list[tuple[bytes, bytes]]) -> bool:

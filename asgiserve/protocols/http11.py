@@ -232,11 +232,16 @@ def build_request_head(
     target: bytes,
     version: str,
     headers: list[tuple[bytes, bytes]],
+    seen: RequestHead | None = None,
 ) -> RequestHead:
     """Apply the checks both backends share and derive body framing and persistence.
 
     ``headers`` must already have lower-cased names, and be no more than the limit allows:
     the framer's grammar counts them (``_head_pattern``, ``_check_lines``).
+
+    ``seen``: an earlier request whose field section was byte for byte this one's (clients
+    repeat theirs). What the fields decide depends on them and the HTTP version alone, so
+    with the same version it is taken from ``seen`` rather than worked out again.
     """
     if version == "1.1" and method in _PLAIN_METHODS:
         http_version = "1.1"  # what check_request_line says to the usual request line
@@ -247,7 +252,36 @@ def build_request_head(
         path, _, query = target.partition(b"?")
     else:
         path, query = _split_target(method, target)
+    if seen is not None and seen.http_version == http_version:
+        keep_alive = seen.keep_alive
+        expect_continue = seen.expect_continue
+        content_length = seen.content_length
+        chunked = seen.chunked
+        upgrade = seen.upgrade
+    else:
+        keep_alive, expect_continue, content_length, chunked, upgrade = _field_facts(
+            headers, http_version
+        )
+    return RequestHead(
+        method,
+        target,
+        path,
+        query,
+        http_version,
+        headers,
+        keep_alive,
+        expect_continue,
+        content_length,
+        chunked,
+        upgrade,
+    )
 
+
+def _field_facts(
+    headers: list[tuple[bytes, bytes]], http_version: str
+) -> tuple[bool, bool, int | None, bool, bytes | None]:
+    """What a request's fields decide, for its HTTP version: keep-alive, Expect:
+    100-continue, Content-Length, chunked, the protocol an upgrade asks for."""
     hosts = 0
     host = b""
     content_lengths: list[bytes] | None = None
@@ -333,13 +367,7 @@ def build_request_head(
             # (RFC 9110 section 7.8 lets a server ignore Upgrade; it need not serve a body).
             raise ProtocolError("body on a protocol upgrade request")
 
-    return RequestHead(
-        method,
-        target,
-        path,
-        query,
-        http_version,
-        headers,
+    return (
         keep_alive,
         expect is not None and http_version == "1.1" and expect.lower() == b"100-continue",
         content_length,
@@ -491,6 +519,7 @@ class RequestFramer:
         "_fields",
         "_head_pattern",
         "_last_fields",
+        "_last_head",
         "_last_section",
         "_line_start",
         "_max_chunk_line",
@@ -525,6 +554,8 @@ class RequestFramer:
         # its fields, for the next head: see _read_whole_head. A head with no fields first.
         self._last_section = b"\r\n"
         self._last_fields: tuple[tuple[bytes, bytes], ...] = ()
+        # The request built from that section, once one was: what its fields decided.
+        self._last_head: RequestHead | None = None
         # Bytes kept from earlier reads: always the start of an unfinished element (a head,
         # a chunk-size line, the CRLF after chunk data, a trailer section).
         self._pending = bytearray()
@@ -637,8 +668,12 @@ class RequestFramer:
         stop = section_start + len(section)
         # A slice compared, not startswith(): its arguments are parsed the slow way (as
         # find()'s), which costs more than the copy.
+        seen: RequestHead | None = None
+        remember = False
         if buffer[section_start:stop] == section:
             fields = list(self._last_fields)
+            seen = self._last_head
+            remember = seen is None
         else:
             stop = buffer.find(b"\r\n\r\n", line_end) + 4
             if stop == 3:
@@ -653,9 +688,11 @@ class RequestFramer:
             if stop - section_start <= _LAST_SECTION_MAX:
                 self._last_section = buffer[section_start:stop]
                 self._last_fields = tuple(fields)
+                self._last_head = None
+                remember = True
         if stop - start > self._max_head:
             return -1
-        return self._start_request(request_line, fields, buffer, stop, end)
+        return self._start_request(request_line, fields, buffer, stop, end, seen, remember)
 
     def _start_request(
         self,
@@ -664,15 +701,22 @@ class RequestFramer:
         buffer: bytes | bytearray,
         stop: int,
         end: int,
+        seen: RequestHead | None = None,
+        remember: bool = False,
     ) -> int:
-        """Report a checked head whose bytes end at ``stop``; where the next element starts."""
+        """Report a checked head whose bytes end at ``stop``; where the next element starts.
+        ``seen``: the request whose field section was this one's (build_request_head);
+        ``remember``: keep this request as the one of the section kept (_read_whole_head)."""
         method, target, version = request_line.groups()
         request = build_request_head(
             _METHOD_NAMES.get(method) or method.decode("ascii"),
             target,
             _VERSIONS.get(version) or version.decode("ascii"),
             fields,
+            seen,
         )
+        if remember:
+            self._last_head = request
         self._start_body(request, buffer, stop, end)
         return stop if self._state != _SWITCHED else end
 
