@@ -2246,3 +2246,50 @@ def test_a_revalidation_below_a_mount_is_answered_by_the_server(
     for _ in range(2):
         assert split_response(raw_get(server.port, b"/static/app.js", revalidate))[0] == 304
     assert app_calls == ["/static/app.js"]
+
+
+def test_request_headers_changed_in_place_are_read_again(site: Path) -> None:
+    # The headers a remembered file was last looked up with are kept with what was found in
+    # them; headers an app's scope holds as lists can change in place, so they never are.
+    from asgiserve.apps.static import NotModified, RememberedFile
+
+    app = StaticFiles(site)
+    sent: list[dict[str, Any]] = []
+
+    async def get() -> None:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/data.bin",
+            "raw_path": b"/data.bin",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "extensions": {},
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(get())  # a plain GET: the file is remembered
+    etag = dict(sent[0]["headers"])[b"etag"]
+    try:
+        as_lists: list[Any] = [[b"if-none-match", etag]]
+        assert isinstance(app.borrow_remembered("/data.bin", as_lists), NotModified)
+        as_lists[0][1] = b'"other"'
+        assert isinstance(app.borrow_remembered("/data.bin", as_lists), RememberedFile)
+
+        as_tuples = [(b"if-none-match", etag)]
+        assert isinstance(app.borrow_remembered("/data.bin", as_tuples), NotModified)
+        assert isinstance(app.borrow_remembered("/data.bin", list(as_tuples)), NotModified)
+        ranged = [*as_tuples, (b"range", b"bytes=0-1")]
+        assert app.borrow_remembered("/data.bin", ranged) is None
+        assert isinstance(app.borrow_remembered("/data.bin", list(as_tuples)), NotModified)
+        assert isinstance(app.borrow_remembered("/data.bin", []), RememberedFile)
+    finally:
+        app.close()

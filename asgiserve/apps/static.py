@@ -74,7 +74,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from mimetypes import guess_type
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from asgiserve.apps.listing import Entry, render_listing, sort_from_query
@@ -264,6 +264,57 @@ class _RememberedRoute:
         self.files: dict[str | None, RememberedFile] = {}
 
 
+class _HeaderScan:
+    """What :meth:`StaticFiles._remembered_for` found in a request's headers, with a copy of
+    them: a client repeats its headers, and a list equal to that copy holds the same."""
+
+    __slots__ = ("accept", "headers", "modified_since", "none_match", "refused")
+
+    def __init__(
+        self,
+        headers: list[tuple[bytes, bytes]] | None,
+        refused: bool,
+        accept: bytes | None,
+        none_match: bytes | None,
+        modified_since: bytes | None,
+    ) -> None:
+        #: None: headers that could change (lists, bytearrays), not to be kept.
+        self.headers = headers
+        #: A conditional or range header other than a browser's revalidation is present.
+        self.refused = refused
+        self.accept = accept
+        self.none_match = none_match
+        self.modified_since = modified_since
+
+
+def _scan_headers(request_headers: Iterable[tuple[bytes, bytes]]) -> _HeaderScan:
+    """Accept-Encoding, If-None-Match and If-Modified-Since of a request (repeated fields
+    joined, as :meth:`StaticFiles.__call__` joins them), and whether it has another of the
+    conditional or range headers."""
+    own: list[Any] = list(request_headers)
+    accept: bytes | None = None
+    none_match: bytes | None = None
+    modified_since: bytes | None = None
+    refused = False
+    plain = True
+    for pair in own:
+        key, value = pair
+        if type(pair) is not tuple or type(key) is not bytes or type(value) is not bytes:
+            # A scope changed by middleware may hold lists or bytearrays, which can change:
+            # such headers are read every time, not kept.
+            plain = False
+        if key in _CONDITIONAL_HEADERS:
+            if key == b"if-none-match":
+                none_match = value if none_match is None else none_match + b", " + value
+            elif key == b"if-modified-since":
+                modified_since = value if modified_since is None else modified_since + b", " + value
+            else:
+                refused = True  # If-Match, If-Unmodified-Since, Range, If-Range
+        elif key == b"accept-encoding":
+            accept = value if accept is None else accept + b", " + value
+    return _HeaderScan(own if plain else None, refused, accept, none_match, modified_since)
+
+
 def _let_go(known: RememberedFile) -> None:
     """Close the descriptor a remembered file keeps (see StaticFiles.borrow_remembered)."""
     os.close(known.fd)
@@ -331,6 +382,8 @@ class StaticFiles:
         #: The remembered files holding a descriptor, oldest first (at most ``open_files``).
         self._held: dict[RememberedFile, None] = {}
         self._choices: dict[tuple[bytes | None, tuple[str, ...]], str | None] = {}
+        #: The last request headers _remembered_for read, and what it found in them.
+        self._last_scan = _HeaderScan([], False, None, None, None)
         # How a remembered path is checked: as the full lookup sees it (links not followed,
         # unless follow_symlinks, where the identity is the link's target's).
         self._stat: Callable[[str], os.stat_result] = os.stat if follow_symlinks else os.lstat
@@ -451,26 +504,18 @@ class StaticFiles:
         entry = self._known.get(route)
         if entry is None:
             return None
-        accept: bytes | None = None
-        none_match: bytes | None = None
-        modified_since: bytes | None = None
-        for key, value in request_headers:
-            if key in _CONDITIONAL_HEADERS:
-                if key == b"if-none-match":
-                    none_match = value if none_match is None else none_match + b", " + value
-                elif key == b"if-modified-since":
-                    modified_since = (
-                        value if modified_since is None else modified_since + b", " + value
-                    )
-                else:
-                    return None  # If-Match, If-Unmodified-Since, Range, If-Range
-            elif key == b"accept-encoding":
-                accept = value if accept is None else accept + b", " + value
+        scan = self._last_scan
+        if request_headers != scan.headers:
+            scan = _scan_headers(request_headers)
+            if scan.headers is not None:
+                self._last_scan = scan
+        if scan.refused:
+            return None
         codings = entry.codings
-        known = entry.files.get(self._coding_for(accept, codings) if codings else None)
+        known = entry.files.get(self._coding_for(scan.accept, codings) if codings else None)
         if known is None:
             return None
-        return known, none_match, modified_since
+        return known, scan.none_match, scan.modified_since
 
     def _coding_for(self, accept_encoding: bytes | None, codings: tuple[str, ...]) -> str | None:
         """:func:`choose_coding`, kept per (Accept-Encoding, codings)."""
