@@ -706,6 +706,31 @@ def test_equal_headers_in_new_lists_keep_their_own_content_length(connect: Any) 
     assert statuses == [200, 200, 500, 200]
 
 
+def test_a_long_header_list_is_read_every_time_and_answered_the_same(connect: Any) -> None:
+    # Over _REUSE_MAX_HEADERS the list is not remembered: still the same answer each time,
+    # its Content-Length enforced.
+    from asgiserve.asgi import http as asgi_http
+
+    count = asgi_http._REUSE_MAX_HEADERS + 4
+    bodies = [b"abc", b"abc", b"ab"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"x-%d" % i, b"%d" % i) for i in range(count)]
+        headers.append((b"content-length", b"3"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": bodies.pop(0)})
+
+    h = connect(app)
+    for _ in range(2):
+        h.send(get())
+        response = h.response()
+        assert (response.status, response.body) == (200, b"abc")
+        assert response.header(b"x-%d" % (count - 1)) == b"%d" % (count - 1)
+    assert len(asgi_http._last_checked.headers) <= asgi_http._REUSE_MAX_HEADERS
+    h.send(get())
+    assert h.response().status == 500
+
+
 def test_headers_that_differ_from_the_last_are_checked_again(connect: Any) -> None:
     headers = [
         [(b"x-a", b"1")],
